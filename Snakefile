@@ -1,0 +1,23 @@
+# Rehman et al., "Improving CNN Model Training Time Efficiency using MPI-driven Parallelization and Ensemble
+# Learning": MNIST split over N MPI ranks, one CNN per rank, majority vote. See README.md.
+
+
+configfile: "config/config.yaml"
+
+
+report: "workflow/report/workflow.rst"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/data.smk"
+include: "workflow/rules/train.smk"
+include: "workflow/rules/ensemble.smk"
+include: "workflow/rules/report.smk"
+
+
+rule all:
+    input:
+        "results/summary.csv",
+        "results/figures/fig5_sequential.png",
+        "results/figures/fig6_scaling.png",
+    default_target: True

@@ -1,0 +1,61 @@
+"""Atomic file writes: an interrupted job never leaves a file that looks complete."""
+
+import contextlib
+import json
+import os
+from pathlib import Path
+
+
+@contextlib.contextmanager
+def atomic_path(path):
+    """Yield a temporary sibling of `path`; rename it onto `path` only if the block succeeds.
+
+    The temporary name keeps the suffix (Keras insists on `.keras`) but starts with a dot and carries
+    `.tmp`, so neither Snakemake nor a user can mistake it for the finished file.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")
+    try:
+        yield tmp
+        with open(tmp, "rb") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def write_bytes(path, data):
+    with atomic_path(path) as tmp:
+        Path(tmp).write_bytes(data)
+
+
+def write_text(path, text):
+    write_bytes(path, text.encode("utf-8"))
+
+
+def write_json(path, obj):
+    write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=_jsonable) + "\n")
+
+
+def read_json(path):
+    with open(path, encoding="utf-8") as handle:
+        return json.load(handle)
+
+
+def write_npy(path, array):
+    import numpy as np
+
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as handle:
+            np.save(handle, array)
+
+
+def _jsonable(value):
+    """Let numpy scalars and paths pass through json.dumps."""
+    if hasattr(value, "item"):
+        return value.item()
+    if isinstance(value, (Path, set, frozenset)):
+        return sorted(value) if isinstance(value, (set, frozenset)) else str(value)
+    raise TypeError(f"cannot store {type(value).__name__} in JSON")

@@ -1,0 +1,112 @@
+"""Aggregate the run into `summary.csv`, `provenance.json` and the paper's figures."""
+
+import csv
+import io as _io
+import math
+
+from . import io, plots, provenance
+
+COLUMNS = [
+    "method", "ranks", "seed", "threads", "accuracy", "precision", "recall", "f1",
+    "fit_seconds_mean", "fit_seconds_max", "job_seconds", "time_decrease_pct", "speedup", "efficiency",
+    "job_speedup", "oversubscribed", "ties", "train_images_per_rank", "peak_rss_mb", "member_accuracy_mean",
+]
+
+
+def read_benchmark_seconds(path):
+    """Wall seconds (`s` column) of a Snakemake benchmark file: what the user waited for that job."""
+    with open(path, encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle, delimiter="\t"))
+    return float(rows[0]["s"])
+
+
+def sequential_row(record, job_seconds, cores):
+    threads = record["thread_settings"]["threads"]
+    return {
+        "method": "sequential", "ranks": 1, "seed": record["seed"], "threads": threads,
+        **{k: record["metrics"][k] for k in ("accuracy", "precision", "recall", "f1")},
+        "fit_seconds_mean": record["fit_seconds"], "fit_seconds_max": record["fit_seconds"],
+        "job_seconds": job_seconds, "oversubscribed": threads != "all" and threads > cores, "ties": 0,
+        "train_images_per_rank": record["train_images"], "peak_rss_mb": record["peak_rss_mb"],
+    }
+
+
+def ensemble_row(result, job_seconds):
+    timing = result["timing"]
+    return {
+        "method": result["method"], "ranks": result["ranks"], "seed": result["seed"],
+        "threads": timing["threads_per_rank"],
+        **{k: result["metrics"][k] for k in ("accuracy", "precision", "recall", "f1")},
+        "fit_seconds_mean": timing["fit_seconds_mean"], "fit_seconds_max": timing["fit_seconds_max"],
+        "job_seconds": job_seconds, "oversubscribed": result["oversubscribed"], "ties": result["ties"],
+        "train_images_per_rank": min(timing["train_images_per_rank"]), "peak_rss_mb": timing["peak_rss_mb_max"],
+        "member_accuracy_mean": sum(result["member_accuracy"]) / len(result["member_accuracy"]),
+    }
+
+
+def add_relative_columns(rows):
+    """Paper's metric against the all-threads baseline it ran; speed-ups against the honest 1-thread baseline."""
+    base = {(r["seed"], str(r["threads"])): r for r in rows if r["method"] == "sequential"}
+    for row in rows:
+        if row["method"] == "sequential":
+            continue
+        paper_base, one = base.get((row["seed"], "all")), base.get((row["seed"], "1"))
+        if paper_base:
+            row["time_decrease_pct"] = 100.0 * (1.0 - row["fit_seconds_mean"] / paper_base["fit_seconds_mean"])
+        if one:
+            row["speedup"] = one["fit_seconds_mean"] / row["fit_seconds_max"]
+            row["efficiency"] = row["speedup"] / row["ranks"]
+            row["job_speedup"] = one["job_seconds"] / row["job_seconds"]
+    return rows
+
+
+def build_rows(sequential, ensembles, cores):
+    rows = [sequential_row(io.read_json(rec), read_benchmark_seconds(b), cores) for rec, b in sequential]
+    rows += [ensemble_row(io.read_json(res), read_benchmark_seconds(b)) for res, b in ensembles]
+    rows.sort(key=lambda r: (r["method"] != "sequential", r["method"], r["ranks"], str(r["threads"]), r["seed"]))
+    return add_relative_columns(rows)
+
+
+def to_csv(rows):
+    out = _io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=COLUMNS, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: _cell(row.get(k)) for k in COLUMNS})
+    return out.getvalue()
+
+
+def _cell(value):
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return value
+
+
+def read_paper(path):
+    with open(path, encoding="utf-8") as handle:
+        return list(csv.DictReader(handle))
+
+
+def run(args):
+    rows = build_rows(
+        list(zip(args.sequential, args.sequential_benchmarks)),
+        list(zip(args.ensemble, args.ensemble_benchmarks)),
+        args.cores,
+    )
+    io.write_text(args.summary, to_csv(rows))
+    first = io.read_json(args.sequential[0])
+    io.write_json(args.provenance, {
+        **{k: first[k] for k in ("host", "cpu_model", "cpu_count", "versions")},
+        "mpi_library": io.read_json(args.ensemble[0]).get("mpi_library"),
+        "workflow_cores": args.cores,
+        "git_commit": provenance.git_commit(),
+        "threads": {f"{r['method']} ranks={r['ranks']} seed={r['seed']}": r["threads"] for r in rows},
+    })
+    paper = read_paper(args.paper)
+    plots.sequential_figure(rows, paper, args.fig_sequential)
+    plots.scaling_figure(rows, paper, args.fig_scaling)
+    print(to_csv(rows))

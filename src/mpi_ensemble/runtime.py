@@ -1,0 +1,110 @@
+"""Threads, core binding and the MPI launcher: settled before TensorFlow starts, and recorded."""
+
+import os
+import re
+import shutil
+import subprocess
+
+THREAD_ENV = ("OMP_NUM_THREADS", "TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS")
+INSTALL_HINT = (
+    "Install an MPI launcher: `make venv` puts MPICH's mpiexec into .venv/bin (pip package `mpich`), "
+    "or load your site's MPI module and rebuild mpi4py against it."
+)
+
+
+def available_cores():
+    """Cores this process may run on (respects taskset, cgroups cpusets and SLURM allocations)."""
+    return len(os.sched_getaffinity(0))
+
+
+def threads_per_rank(cores, ranks):
+    """Split the job's cores evenly; never below one thread, so N > cores oversubscribes by whole ranks."""
+    return max(1, cores // ranks)
+
+
+def is_oversubscribed(ranks, threads, cores):
+    return ranks * threads > cores
+
+
+def thread_env(threads):
+    """Environment that pins TensorFlow's and OpenMP's pools; `None` keeps TensorFlow's defaults (all cores)."""
+    if threads is None:
+        return {}
+    return {"OMP_NUM_THREADS": str(threads), "TF_NUM_INTRAOP_THREADS": str(threads), "TF_NUM_INTEROP_THREADS": "1"}
+
+
+def apply_threads(threads):
+    """Set the thread pools; must run before TensorFlow is imported, and again right after for the API."""
+    os.environ.update(thread_env(threads))
+
+
+def apply_tf_threads(tf, threads):
+    if threads is not None:
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(1)
+
+
+def thread_settings(threads):
+    return {
+        "threads": "all" if threads is None else threads,
+        "env": {key: os.environ.get(key) for key in THREAD_ENV},
+        "affinity": sorted(os.sched_getaffinity(0)),
+    }
+
+
+def parse_threads(value):
+    """'all' -> None (TensorFlow decides, as the paper ran), else a positive int."""
+    if str(value) == "all":
+        return None
+    threads = int(value)
+    if threads < 1:
+        raise ValueError(f"threads must be 'all' or a positive integer, not {value!r}")
+    return threads
+
+
+def find_launcher(name="mpiexec"):
+    path = shutil.which(name)
+    if path is None:
+        raise FileNotFoundError(f"MPI launcher {name!r} is not on PATH. {INSTALL_HINT}")
+    return path
+
+
+def launcher_flavour(path):
+    """'mpich', 'openmpi' or 'unknown', from the launcher's --version text."""
+    try:
+        text = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+    return flavour_from_version(text)
+
+
+def flavour_from_version(text):
+    if re.search(r"Open MPI|OpenRTE|open-mpi", text, re.I):
+        return "openmpi"
+    if re.search(r"HYDRA|MPICH", text, re.I):
+        return "mpich"
+    return "unknown"
+
+
+def binding_args(flavour, threads, bind):
+    """Launcher flags that bind each rank to `threads` cores of its own (none when oversubscribed)."""
+    if not bind:
+        return {"openmpi": ["--bind-to", "none", "--oversubscribe"], "mpich": ["-bind-to", "none"]}.get(flavour, [])
+    if flavour == "openmpi":
+        return ["--map-by", f"slot:PE={threads}", "--bind-to", "core", "--report-bindings"]
+    if flavour == "mpich":
+        return ["-bind-to", f"core:{threads}"]
+    return []
+
+
+def launch_command(launcher, flavour, ranks, threads, bind):
+    """The full `mpiexec -n N ...` prefix; rank processes follow it."""
+    return [launcher, "-n", str(ranks), *binding_args(flavour, threads, bind)]
+
+
+def bind_self(threads):
+    """Bind this (non-MPI) process to its first `threads` allowed cores; 'all' (None) leaves it free."""
+    if threads is None:
+        return
+    allowed = sorted(os.sched_getaffinity(0))
+    os.sched_setaffinity(0, allowed[:threads])

@@ -1,0 +1,127 @@
+import os
+import sys
+from pathlib import Path
+
+from snakemake.exceptions import WorkflowError
+from snakemake.utils import min_version, validate
+
+min_version("9.0")
+
+
+def coerce_cli_lists(cfg):
+    """`--config ranks=[1,2]` arrives as a list of strings (Snakemake parses it as plain YAML text)."""
+    for key, value in cfg.items():
+        if isinstance(value, list):
+            cfg[key] = [int(v) if isinstance(v, str) and v.isdigit() else v for v in value]
+
+
+coerce_cli_lists(config)
+validate(config, schema="../schemas/config.schema.yaml")
+
+ROOT = Path(workflow.basedir)
+# Rules run `python -m mpi_ensemble.cli`: the package lives in src/, and the interpreter and mpiexec that run
+# Snakemake (the project's .venv) serve its jobs too, unless a conda env is activated on top.
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    p for p in (str(ROOT / "src"), os.environ.get("PYTHONPATH")) if p
+)
+os.environ["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]])
+sys.path.insert(0, str(ROOT / "src"))
+
+from mpi_ensemble import data, datasets, runtime  # noqa: E402
+
+DATASET = config["dataset"]
+FILES = datasets.file_names(DATASET)
+RANKS = sorted(set(config["ranks"]))
+SEEDS = sorted(set(config["seeds"]))
+BASELINE_THREADS = [str(t) for t in config["baseline_threads"]]
+# Cores of this machine that Snakemake may use; training jobs claim all of them so timings never overlap.
+CORES = workflow.cores if isinstance(workflow.cores, int) else runtime.available_cores()
+
+
+def check_subset_sizes():
+    """Refuse, before any job, a rank count that leaves a shard too small to train and validate on."""
+    n_train = config["max_train_images"] or 60000
+    for n in RANKS:
+        if n_train // n < 2:
+            raise WorkflowError(
+                f"ranks {n} with {n_train} training images leaves shards of {n_train // n} image(s); "
+                "lower the ranks or raise max_train_images"
+            )
+
+
+check_subset_sizes()
+
+
+def data_source_dir():
+    """Where the fetch rule copies from: data_dir if set (must be complete), else the bundled copy, else None
+    (download from the mirrors)."""
+    if config["data_dir"]:
+        try:
+            data.require_files(config["data_dir"], FILES)
+        except data.DataSourceError as err:
+            raise WorkflowError(str(err))
+        return config["data_dir"]
+    bundled = ROOT / "data" / DATASET
+    return str(bundled) if not data.missing_files(bundled, FILES) else None
+
+
+DATA_SOURCE = data_source_dir()
+
+
+def source_files(wildcards):
+    return [] if DATA_SOURCE is None else [os.path.join(DATA_SOURCE, f) for f in FILES]
+
+
+def threads_per_rank(n):
+    return config["threads_per_rank"] or runtime.threads_per_rank(CORES, n)
+
+
+def launch_prefix(wildcards, resources, threads):
+    """`mpiexec -n N` plus binding flags; binding only when the ranks fit on the job's cores."""
+    n = int(resources.tasks)
+    parts = str(resources.mpi).split()
+    if Path(parts[0]).name not in ("mpiexec", "mpirun"):
+        return f"{resources.mpi} -n {n}"  # srun and friends bind by their own options
+    try:
+        launcher = runtime.find_launcher(parts[0])
+    except FileNotFoundError as err:
+        raise WorkflowError(str(err))
+    per_rank = threads_per_rank(n)
+    bind = config["bind"] and not runtime.is_oversubscribed(n, per_rank, threads)
+    flavour = runtime.launcher_flavour(launcher)
+    return " ".join(runtime.launch_command(launcher, flavour, n, per_rank, bind) + parts[1:])
+
+
+ARRAYS = {
+    name: f"results/data/{DATASET}/{name}.npy" for name in data.ARRAY_NAMES
+}
+
+
+def subset_args():
+    """Flags for the smoke-run subsets; none means the whole dataset."""
+    flags = {"--max-train-images": config["max_train_images"], "--max-test-images": config["max_test_images"]}
+    return " ".join(f"{flag} {value}" for flag, value in flags.items() if value)
+
+
+TRAINING_ARGS = (
+    f"--epochs {config['epochs']} --batch-size {config['batch_size']} "
+    f"--validation-split {config['validation_split']}"
+)
+
+
+def rank_models(wildcards):
+    n = int(wildcards.ranks)
+    return {
+        "models": expand(
+            "results/models/ranks{ranks}/seed{seed}/rank{rank}.keras",
+            ranks=n,
+            seed=wildcards.seed,
+            rank=range(n),
+        ),
+        "records": expand(
+            "results/models/ranks{ranks}/seed{seed}/rank{rank}.json",
+            ranks=n,
+            seed=wildcards.seed,
+            rank=range(n),
+        ),
+    }

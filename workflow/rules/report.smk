@@ -1,0 +1,49 @@
+rule report:
+    """Aggregate every result into summary.csv and draw the paper's figures with its values beside ours."""
+    input:
+        sequential=expand(
+            "results/sequential/threads{threads}/seed{seed}/record.json",
+            threads=BASELINE_THREADS,
+            seed=SEEDS,
+        ),
+        sequential_benchmarks=expand(
+            "results/benchmarks/train_sequential/threads{threads}_seed{seed}.tsv",
+            threads=BASELINE_THREADS,
+            seed=SEEDS,
+        ),
+        ensemble=expand(
+            "results/ensemble/ranks{ranks}/seed{seed}/metrics.json", ranks=RANKS, seed=SEEDS
+        ),
+        ensemble_benchmarks=expand(
+            "results/benchmarks/train_mpi/ranks{ranks}_seed{seed}.tsv", ranks=RANKS, seed=SEEDS
+        ),
+        paper="paper/reported_results.csv",
+    output:
+        summary=report(
+            "results/summary.csv",
+            caption="../report/summary.rst",
+            category="Summary",
+        ),
+        provenance="results/provenance.json",
+        fig_sequential=report(
+            "results/figures/fig5_sequential.png",
+            caption="../report/fig5.rst",
+            category="Figures",
+        ),
+        fig_scaling=report(
+            "results/figures/fig6_scaling.png",
+            caption="../report/fig6.rst",
+            category="Figures",
+        ),
+    params:
+        cores=CORES,
+    log:
+        "logs/report.log",
+    conda:
+        "../../envs/report.yaml"
+    shell:
+        "python -m mpi_ensemble.cli report --sequential {input.sequential} "
+        "--sequential-benchmarks {input.sequential_benchmarks} --ensemble {input.ensemble} "
+        "--ensemble-benchmarks {input.ensemble_benchmarks} --paper {input.paper} --cores {params.cores} "
+        "--summary {output.summary} --provenance {output.provenance} "
+        "--fig-sequential {output.fig_sequential} --fig-scaling {output.fig_scaling} > {log} 2>&1"
