@@ -16,8 +16,8 @@ include: "workflow/rules/report.smk"
 
 
 rule all:
+    default_target: True
     input:
         "results/summary.csv",
         "results/figures/fig5_sequential.png",
         "results/figures/fig6_scaling.png",
-    default_target: True

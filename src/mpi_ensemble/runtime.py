@@ -62,8 +62,8 @@ def parse_threads(value):
     return threads
 
 
-def find_launcher(name="mpiexec"):
-    path = shutil.which(name)
+def find_launcher(name="mpiexec", search_path=None):
+    path = shutil.which(name, path=search_path)
     if path is None:
         raise FileNotFoundError(f"MPI launcher {name!r} is not on PATH. {INSTALL_HINT}")
     return path

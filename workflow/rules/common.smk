@@ -3,6 +3,7 @@ import sys
 from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
+from snakemake.settings.types import DeploymentMethod
 from snakemake.utils import min_version, validate
 
 min_version("9.0")
@@ -19,12 +20,15 @@ coerce_cli_lists(config)
 validate(config, schema="../schemas/config.schema.yaml")
 
 ROOT = Path(workflow.basedir)
-# Rules run `python -m mpi_ensemble.cli`: the package lives in src/, and the interpreter and mpiexec that run
-# Snakemake (the project's .venv) serve its jobs too, unless a conda env is activated on top.
-os.environ["PYTHONPATH"] = os.pathsep.join(
-    p for p in (str(ROOT / "src"), os.environ.get("PYTHONPATH")) if p
+# Rules run `python -m mpi_ensemble.cli`: the package lives in src/. Without conda, the interpreter and mpiexec
+# that run Snakemake (the project's .venv) serve the jobs too; with --use-conda, each rule's env provides them.
+USING_CONDA = DeploymentMethod.CONDA in workflow.deployment_settings.deployment_method
+VENV_BIN = "" if USING_CONDA else str(Path(sys.executable).parent)
+JOB_PATH = os.pathsep.join(p for p in (VENV_BIN, os.getenv("PATH", "")) if p)
+shell.prefix(
+    f"export PYTHONPATH={ROOT / 'src'}${{{{PYTHONPATH:+:$PYTHONPATH}}}}; "
+    + (f"export PATH={VENV_BIN}:$PATH; " if VENV_BIN else "")
 )
-os.environ["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]])
 sys.path.insert(0, str(ROOT / "src"))
 
 from mpi_ensemble import data, datasets, runtime  # noqa: E402
@@ -53,8 +57,8 @@ check_subset_sizes()
 
 
 def data_source_dir():
-    """Where the fetch rule copies from: data_dir if set (must be complete), else the bundled copy, else None
-    (download from the mirrors)."""
+    """The folder fetch_data copies from: data_dir if set (it must be complete), else the bundled copy, else
+    None, meaning download from the mirrors."""
     if config["data_dir"]:
         try:
             data.require_files(config["data_dir"], FILES)
@@ -83,7 +87,7 @@ def launch_prefix(wildcards, resources, threads):
     if Path(parts[0]).name not in ("mpiexec", "mpirun"):
         return f"{resources.mpi} -n {n}"  # srun and friends bind by their own options
     try:
-        launcher = runtime.find_launcher(parts[0])
+        launcher = runtime.find_launcher(parts[0], search_path=JOB_PATH)
     except FileNotFoundError as err:
         raise WorkflowError(str(err))
     per_rank = threads_per_rank(n)
@@ -92,14 +96,15 @@ def launch_prefix(wildcards, resources, threads):
     return " ".join(runtime.launch_command(launcher, flavour, n, per_rank, bind) + parts[1:])
 
 
-ARRAYS = {
-    name: f"results/data/{DATASET}/{name}.npy" for name in data.ARRAY_NAMES
-}
+ARRAYS = {name: f"results/data/{DATASET}/{name}.npy" for name in data.ARRAY_NAMES}
 
 
 def subset_args():
     """Flags for the smoke-run subsets; none means the whole dataset."""
-    flags = {"--max-train-images": config["max_train_images"], "--max-test-images": config["max_test_images"]}
+    flags = {
+        "--max-train-images": config["max_train_images"],
+        "--max-test-images": config["max_test_images"],
+    }
     return " ".join(f"{flag} {value}" for flag, value in flags.items() if value)
 
 

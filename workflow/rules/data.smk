@@ -4,15 +4,16 @@ rule fetch_data:
         source_files,
     output:
         files=expand("resources/{dataset}/{file}", dataset=DATASET, file=FILES),
-    params:
-        source=lambda wc: f"--source-dir {DATA_SOURCE}" if DATA_SOURCE else "",
-        mirrors=" ".join(f"--mirror {m}" for m in config["mirrors"] or []),
     log:
         "logs/fetch_data.log",
     conda:
         "../../envs/data.yaml"
+    params:
+        dataset=DATASET,
+        source=lambda wc: f"--source-dir {DATA_SOURCE}" if DATA_SOURCE else "",
+        mirrors=" ".join(f"--mirror {m}" for m in config["mirrors"] or []),
     shell:
-        "python -m mpi_ensemble.cli fetch --dataset {DATASET} {params.source} {params.mirrors} "
+        "python -m mpi_ensemble.cli fetch --dataset {params.dataset} {params.source} {params.mirrors} "
         "--out {output.files} > {log} 2>&1"
 
 
@@ -22,15 +23,16 @@ rule preprocess:
         files=rules.fetch_data.output.files,
     output:
         **ARRAYS,
-    params:
-        subset=subset_args(),
     log:
         "logs/preprocess.log",
     benchmark:
         "results/benchmarks/preprocess.tsv"
     conda:
         "../../envs/data.yaml"
+    params:
+        dataset=DATASET,
+        subset=subset_args(),
     shell:
-        "python -m mpi_ensemble.cli preprocess --dataset {DATASET} --inputs {input.files} "
+        "python -m mpi_ensemble.cli preprocess --dataset {params.dataset} --inputs {input.files} "
         "--train-x {output.train_x} --train-y {output.train_y} "
         "--test-x {output.test_x} --test-y {output.test_y} {params.subset} > {log} 2>&1"

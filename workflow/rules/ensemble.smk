@@ -7,13 +7,13 @@ rule ensemble:
     output:
         metrics="results/ensemble/ranks{ranks}/seed{seed}/metrics.json",
         probabilities="results/ensemble/ranks{ranks}/seed{seed}/probabilities.npy",
-    wildcard_constraints:
-        ranks=r"\d+",
-        seed=r"\d+",
     log:
         "logs/ensemble/ranks{ranks}/seed{seed}.log",
     benchmark:
         "results/benchmarks/ensemble/ranks{ranks}_seed{seed}.tsv"
+    wildcard_constraints:
+        ranks=r"\d+",
+        seed=r"\d+",
     conda:
         "../../envs/train.yaml"
     shell:

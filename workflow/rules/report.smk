@@ -12,10 +12,14 @@ rule report:
             seed=SEEDS,
         ),
         ensemble=expand(
-            "results/ensemble/ranks{ranks}/seed{seed}/metrics.json", ranks=RANKS, seed=SEEDS
+            "results/ensemble/ranks{ranks}/seed{seed}/metrics.json",
+            ranks=RANKS,
+            seed=SEEDS,
         ),
         ensemble_benchmarks=expand(
-            "results/benchmarks/train_mpi/ranks{ranks}_seed{seed}.tsv", ranks=RANKS, seed=SEEDS
+            "results/benchmarks/train_mpi/ranks{ranks}_seed{seed}.tsv",
+            ranks=RANKS,
+            seed=SEEDS,
         ),
         paper="paper/reported_results.csv",
     output:
@@ -35,12 +39,12 @@ rule report:
             caption="../report/fig6.rst",
             category="Figures",
         ),
-    params:
-        cores=CORES,
     log:
         "logs/report.log",
     conda:
         "../../envs/report.yaml"
+    params:
+        cores=CORES,
     shell:
         "python -m mpi_ensemble.cli report --sequential {input.sequential} "
         "--sequential-benchmarks {input.sequential_benchmarks} --ensemble {input.ensemble} "

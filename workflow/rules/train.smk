@@ -8,21 +8,23 @@ rule train_sequential:
     output:
         model="results/sequential/threads{threads}/seed{seed}/model.keras",
         record="results/sequential/threads{threads}/seed{seed}/record.json",
-    wildcard_constraints:
-        threads=r"all|\d+",
-        seed=r"\d+",
-    # All local cores, so that no other training job runs beside it and disturbs the timing.
-    threads: CORES
     log:
         "logs/train_sequential/threads{threads}/seed{seed}.log",
     benchmark:
         "results/benchmarks/train_sequential/threads{threads}_seed{seed}.tsv"
+    wildcard_constraints:
+        threads=r"all|\d+",
+        seed=r"\d+",
     conda:
         "../../envs/train.yaml"
+    # All local cores, so that no other training job runs beside it and disturbs the timing.
+    threads: CORES
+    params:
+        training=TRAINING_ARGS,
     shell:
         "python -m mpi_ensemble.cli sequential --threads {wildcards.threads} --seed {wildcards.seed} "
         "--train-x {input.train_x} --train-y {input.train_y} --test-x {input.test_x} --test-y {input.test_y} "
-        "{TRAINING_ARGS} --model {output.model} --record {output.record} > {log} 2>&1"
+        "{params.training} --model {output.model} --record {output.record} > {log} 2>&1"
 
 
 # One rule per world size N: each rank writes its own model and timing record, so the outputs are listed
@@ -37,29 +39,34 @@ for n in RANKS:
             train_y=ARRAYS["train_y"],
         output:
             models=expand(
-                "results/models/ranks{n}/seed{{seed}}/rank{rank}.keras", n=n, rank=range(n)
+                "results/models/ranks{n}/seed{{seed}}/rank{rank}.keras",
+                n=n,
+                rank=range(n),
             ),
             records=expand(
-                "results/models/ranks{n}/seed{{seed}}/rank{rank}.json", n=n, rank=range(n)
+                "results/models/ranks{n}/seed{{seed}}/rank{rank}.json",
+                n=n,
+                rank=range(n),
             ),
+        log:
+            f"logs/train_mpi/ranks{n}/seed{{seed}}.log",
+        benchmark:
+            f"results/benchmarks/train_mpi/ranks{n}_seed{{seed}}.tsv"
         wildcard_constraints:
             seed=r"\d+",
-        params:
-            out_dir=lambda wc, output: os.path.dirname(output.models[0]),
-            threads=threads_per_rank(n),
-            launch=launch_prefix,
+        conda:
+            "../../envs/train.yaml"
         # All local cores: the ranks share them out (cores // N threads each) and no job overlaps the timing.
         threads: max(CORES, n)
         resources:
             mpi="mpiexec",
             tasks=n,
-        log:
-            f"logs/train_mpi/ranks{n}/seed{{seed}}.log",
-        benchmark:
-            f"results/benchmarks/train_mpi/ranks{n}_seed{{seed}}.tsv"
-        conda:
-            "../../envs/train.yaml"
+        params:
+            out_dir=lambda wc, output: os.path.dirname(output.models[0]),
+            threads=threads_per_rank(n),
+            launch=launch_prefix,
+            training=TRAINING_ARGS,
         shell:
             "{params.launch} python -m mpi4py -m mpi_ensemble.cli ranks --threads {params.threads} "
             "--job-cores {threads} --seed {wildcards.seed} --train-x {input.train_x} --train-y {input.train_y} "
-            "{TRAINING_ARGS} --out-dir {params.out_dir} > {log} 2>&1"
+            "{params.training} --out-dir {params.out_dir} > {log} 2>&1"
