@@ -1,0 +1,58 @@
+import gzip
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+BUNDLED = ROOT / "data" / "mnist"
+
+
+def idx_bytes(array):
+    """Encode a uint8 array as IDX (the inverse of data.parse_idx)."""
+    array = np.asarray(array, dtype=np.uint8)
+    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(d.to_bytes(4, "big") for d in array.shape)
+    return header + array.tobytes()
+
+
+def write_gz(path, raw, mtime=0):
+    with open(path, "wb") as handle, gzip.GzipFile(fileobj=handle, mode="wb", mtime=mtime) as gz:
+        gz.write(raw)
+    return path
+
+
+def project_copy(dest):
+    """A fresh checkout of the project's tracked files (what a user clones), with the working tree's edits."""
+    files = subprocess.run(
+        ["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout.split()
+    for rel in files:
+        if (ROOT / rel).is_file():
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / rel, dest / rel)
+    return dest
+
+
+def snakemake(workdir, *args, check=True, timeout=900, env=None):
+    cmd = [str(BIN / "snakemake"), "--cores", "2", *args]
+    full_env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **(env or {})}
+    result = subprocess.run(cmd, cwd=workdir, capture_output=True, text=True, timeout=timeout, env=full_env)
+    if check and result.returncode != 0:
+        raise AssertionError(f"snakemake {' '.join(args)} failed:\n{result.stdout[-4000:]}\n{result.stderr[-6000:]}")
+    return result
+
+
+SMOKE = ["max_train_images=6000", "max_test_images=1000", "epochs=1", "ranks=[1,2]", "seeds=[0]"]
+
+
+@pytest.fixture(scope="session")
+def smoke_run(tmp_path_factory):
+    """The whole workflow on a small subset (6,000/1,000 images, 1 epoch, ranks 1 and 2), run once per session."""
+    work = project_copy(tmp_path_factory.mktemp("smoke"))
+    snakemake(work, "--config", *SMOKE)
+    return work
