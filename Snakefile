@@ -21,3 +21,5 @@ rule all:
         "results/summary.csv",
         "results/figures/fig5_sequential.png",
         "results/figures/fig6_scaling.png",
+        "results/figures/speedup.png",
+        "results/figures/rank_times.png",

@@ -57,3 +57,44 @@ def test_missing_launcher_says_how_to_install(tmp_path):
 def test_real_pip_mpiexec_is_mpich():
     launcher = runtime.find_launcher("mpiexec", search_path=str(__import__("conftest").BIN))
     assert runtime.launcher_flavour(launcher) == "mpich"
+
+
+def test_precision_check_refuses_bf16_without_native_support():
+    from mpi_ensemble import training
+
+    assert training.check_precision("float32", set()) == "float32"
+    assert training.check_precision("mixed_bfloat16", {"avx2", "avx512_bf16"}) == "mixed_bfloat16"
+    assert training.check_precision("mixed_bfloat16", {"amx_bf16"}) == "mixed_bfloat16"
+    with pytest.raises(ValueError, match="native bfloat16.*precision: float32"):
+        training.check_precision("mixed_bfloat16", {"avx2", "avx512f"})
+    with pytest.raises(ValueError, match="one of float32, mixed_bfloat16"):
+        training.check_precision("float16", {"avx512_bf16"})
+
+
+def test_cpu_flags_reads_the_flags_line(tmp_path):
+    from mpi_ensemble import training
+
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nflags\t\t: fpu avx2 avx512_bf16\nbugs\t: none\n")
+    assert training.cpu_flags(info) == {"fpu", "avx2", "avx512_bf16"}
+    assert training.cpu_flags(tmp_path / "missing") == set()
+
+
+def test_input_pipeline_shuffles_every_epoch_and_keeps_pairs():
+    import numpy as np
+
+    from mpi_ensemble import training
+
+    x = np.arange(10, dtype=np.float32).reshape(10, 1) * 10
+    y = np.arange(10, dtype=np.int64)
+    ds = training.tf_dataset(x, y, batch_size=4, seed=3)
+    epochs = [[(bx.numpy(), by.numpy()) for bx, by in ds] for _ in range(2)]
+    for batches in epochs:
+        assert [len(by) for _, by in batches] == [4, 4, 2]  # a last partial batch, as Keras' batch_size
+        xs, ys = np.concatenate([bx for bx, _ in batches]), np.concatenate([by for _, by in batches])
+        np.testing.assert_array_equal(xs[:, 0], ys * 10)  # images stay with their labels
+        assert sorted(ys) == list(range(10))  # every image once per epoch
+    orders = [np.concatenate([by for _, by in batches]) for batches in epochs]
+    assert not np.array_equal(orders[0], orders[1])  # reshuffled each epoch
+    plain = [by.numpy() for _, by in training.tf_dataset(x, y, batch_size=4)]
+    np.testing.assert_array_equal(np.concatenate(plain), y)  # validation: in order

@@ -50,3 +50,60 @@ def test_relative_columns(tmp_path):
     text = report.to_csv(rows)
     assert text.splitlines()[0].split(",") == report.COLUMNS
     assert text.count("\n") == 4
+
+
+def test_throughput_columns(tmp_path):
+    seq = json.loads(seq_record(tmp_path, 1, 40.0).read_text())
+    seq.update(cpu_seconds=45.0, precision="float32", settings={"epochs": 5})
+    (tmp_path / "seq1.json").write_text(json.dumps(seq))
+    ens_path = ens_result(tmp_path, 2, [18.0, 20.0])
+    ens = json.loads(ens_path.read_text())
+    ens["timing"].update(cpu_seconds_sum=41.0, precision="mixed_bfloat16", epochs=5)
+    ens_path.write_text(json.dumps(ens))
+    rows = report.build_rows([(tmp_path / "seq1.json", bench(tmp_path, "s1", 50))],
+                             [(ens_path, bench(tmp_path, "e2", 25))], cores=2)
+    seq_row, ens_row = rows
+    assert seq_row["cores_used"] == 1 and ens_row["cores_used"] == 2
+    assert seq_row["images_per_second_per_core"] == pytest.approx(48000 * 5 / 40.0)
+    assert ens_row["images_per_second_per_core"] == pytest.approx(2 * 24000 * 5 / 20.0 / 2)
+    assert seq_row["gflops_per_core"] == pytest.approx(6000 * 16.76544e6 / 1e9)
+    assert ens_row["cpu_seconds"] == 41.0 and ens_row["compute_precision"] == "mixed_bfloat16"
+    header = report.to_csv(rows).splitlines()[0].split(",")
+    assert header[-5:] == ["compute_precision", "cores_used", "cpu_seconds", "images_per_second_per_core",
+                           "gflops_per_core"]
+
+
+def test_cores_used_caps_at_the_job_and_counts_all_threads():
+    assert report.cores_used({"ranks": 1, "threads": "all"}, 2) == 2
+    assert report.cores_used({"ranks": 8, "threads": 1}, 2) == 2  # oversubscribed: still only 2 cores
+    assert report.cores_used({"ranks": 2, "threads": 2}, 16) == 4
+
+
+def test_paper_speedup_from_time_decrease():
+    from mpi_ensemble import plots
+
+    assert plots.paper_speedup(0.0) == 1.0
+    assert plots.paper_speedup(50.0) == pytest.approx(2.0)
+    assert plots.paper_speedup(91.49) == pytest.approx(1 / 0.0851)
+
+
+def test_speedup_and_rank_time_figures(tmp_path):
+    from mpi_ensemble import plots
+
+    paper = report.read_paper(report_paper())
+    rows = [
+        {"method": "ensemble_majority", "ranks": 2, "speedup": 1.8, "job_speedup": 1.5, "oversubscribed": False},
+        {"method": "ensemble_majority", "ranks": 4, "speedup": 1.1, "job_speedup": 1.0, "oversubscribed": True},
+    ]
+    plots.speedup_figure(rows, paper, tmp_path / "speedup.png")
+    results = [{"ranks": 2, "oversubscribed": False, "timing": {"fit_seconds_per_rank": [10.0, 12.0]}},
+               {"ranks": 4, "oversubscribed": True, "timing": {"fit_seconds_per_rank": [9.0, 9.5, 8.0, 11.0]}}]
+    plots.rank_times_figure(results, tmp_path / "ranks.png")
+    for name in ("speedup.png", "ranks.png"):
+        assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def report_paper():
+    from conftest import ROOT
+
+    return ROOT / "paper" / "reported_results.csv"

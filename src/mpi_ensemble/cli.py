@@ -32,7 +32,8 @@ def cmd_preprocess(args):
 
 
 def settings_of(args):
-    return {"epochs": args.epochs, "batch_size": args.batch_size, "validation_split": args.validation_split}
+    return {"epochs": args.epochs, "batch_size": args.batch_size, "validation_split": args.validation_split,
+            "precision": args.precision}
 
 
 def cmd_sequential(args):
@@ -41,7 +42,7 @@ def cmd_sequential(args):
     started = time.perf_counter()
     threads = runtime.parse_threads(args.threads)
     runtime.bind_self(threads)
-    keras = training.import_keras(threads)
+    keras = training.import_keras(threads, args.precision)
     x, y = data.load_arrays(args.train_x, args.train_y)
     net, facts = training.fit(keras, x, y, args.seed, settings_of(args))
     training.save_model(net, args.model)
@@ -65,7 +66,7 @@ def cmd_ranks(args):
     comm = MPI.COMM_WORLD
     rank, size = comm.Get_rank(), comm.Get_size()
     threads = runtime.parse_threads(args.threads)
-    keras = training.import_keras(threads)
+    keras = training.import_keras(threads, args.precision)
     n_items = data.count_items(args.train_y)
     start, stop = data.shard_range(n_items, size, rank)
     x, y = data.load_arrays(args.train_x, args.train_y, start, stop)
@@ -92,6 +93,8 @@ def add_training_args(parser):
     parser.add_argument("--epochs", type=int, required=True)
     parser.add_argument("--batch-size", type=int, required=True)
     parser.add_argument("--validation-split", type=float, required=True)
+    parser.add_argument("--precision", default="float32", choices=("float32", "mixed_bfloat16"),
+                        help="Keras dtype policy; mixed_bfloat16 needs a CPU with native bfloat16")
 
 
 def build_parser():
@@ -148,6 +151,8 @@ def build_parser():
     p.add_argument("--provenance", required=True)
     p.add_argument("--fig-sequential", required=True)
     p.add_argument("--fig-scaling", required=True)
+    p.add_argument("--fig-speedup", help="speed-up plot (ideal, ours, the paper's machines)")
+    p.add_argument("--fig-rank-times", help="per-rank fit() time plot")
     p.set_defaults(func=report.run)
     return parser
 

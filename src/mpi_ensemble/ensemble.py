@@ -34,6 +34,10 @@ def timing_summary(records):
         "train_images_per_rank": [r["train_images"] for r in records],
         "threads_per_rank": records[0]["thread_settings"]["threads"],
         "affinity": [r["thread_settings"]["affinity"] for r in records],
+        "fit_seconds_per_rank": [float(f) for f in fits],
+        "cpu_seconds_sum": sum(r["cpu_seconds"] for r in records) if all("cpu_seconds" in r for r in records) else None,
+        "precision": records[0].get("precision", "float32"),
+        "epochs": records[0].get("settings", {}).get("epochs"),
     }
 
 

@@ -92,3 +92,64 @@ def save(fig, path):
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=120, format="png")
     plt.close(fig)
+
+
+def paper_speedup(time_decrease_pct):
+    """The speed-up a reported time decrease d (%) means: t_N = (1 - d/100) t_1, so t_1 / t_N = 1 / (1 - d/100)."""
+    return 1.0 / (1.0 - time_decrease_pct / 100.0)
+
+
+def speedup_figure(rows, paper, path):
+    """Fit-time speed-up against the number of ranks: ideal, ours (against the 1-thread baseline; oversubscribed
+    runs left out) and the paper's two machines (from their time decrease against an all-threads baseline)."""
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    ens = [r for r in rows if r["method"] == "ensemble_majority" and not r["oversubscribed"]]
+    ours = mean_by(ens, "ranks", "speedup")
+    top = max([1, *ours, *(int(c) for v in paper_values(paper, "time_decrease").values() for c in v)])
+    ax.plot([1, top], [1, top], color="black", lw=1, ls="--", label="ideal (speed-up = N)")
+    for machine, (color, marker, label) in PAPER_STYLE.items():
+        values = paper_values(paper, "time_decrease")[machine]
+        ax.plot([int(c) for c in values], [paper_speedup(v) for v in values.values()], marker=marker, color=color,
+                label=label + " (from its time decrease)")
+    if ours:
+        ax.errorbar(list(ours), [m for m, _ in ours.values()], yerr=[s for _, s in ours.values()], fmt="o-",
+                    color="tab:blue", label="ours: 1-thread fit / slowest rank's fit")
+    jobs = mean_by(ens, "ranks", "job_speedup")
+    if jobs:
+        ax.plot(list(jobs), [m for m, _ in jobs.values()], "o:", color="tab:cyan", mfc="white",
+                label="ours: job wall-time speed-up")
+    ax.set(xlabel="MPI ranks (cores)", ylabel="speed-up of fit()", xscale="log", yscale="log")
+    if top <= 16:
+        ax.set_xticks(range(1, top + 1))
+    ax.get_xaxis().set_major_formatter(matplotlib.ticker.ScalarFormatter())
+    ax.get_yaxis().set_major_formatter(matplotlib.ticker.ScalarFormatter())
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7)
+    ax.set_title("Speed-up against ranks (oversubscribed runs left out)", fontsize=10)
+    save(fig, path)
+
+
+def rank_times_figure(results, path):
+    """Each rank's fit() time per world size: the spread shows imbalance (the last rank's remainder, noise,
+    shared cores); the slowest rank sets the phase's wall time."""
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    by_ranks = {}
+    for result in results:
+        timing = result["timing"]
+        by_ranks.setdefault(result["ranks"], []).append((timing.get("fit_seconds_per_rank") or [], result["oversubscribed"]))
+    for n, runs in sorted(by_ranks.items()):
+        for fits, over in runs:
+            xs = n + np.linspace(-0.15, 0.15, len(fits)) if len(fits) > 1 else [n] * len(fits)
+            ax.scatter(xs, fits, s=18, color="tab:orange" if over else "tab:blue", alpha=0.8,
+                       marker="x" if over else "o")
+            if fits:
+                ax.hlines(max(fits), n - 0.25, n + 0.25, color="black", lw=1)
+    ax.scatter([], [], color="tab:blue", s=18, label="one rank's fit() time")
+    ax.scatter([], [], color="tab:orange", marker="x", s=18, label="one rank, oversubscribed run")
+    ax.hlines([], 0, 0, color="black", lw=1, label="slowest rank (the phase's wall time)")
+    ax.set(xlabel="MPI ranks", ylabel="fit() time per rank (s)", ylim=(0, None))
+    ax.set_xticks(sorted(by_ranks))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    ax.set_title("Per-rank fit() time (spread across ranks)", fontsize=10)
+    save(fig, path)

@@ -4,12 +4,13 @@ import csv
 import io as _io
 import math
 
-from . import io, plots, provenance
+from . import io, model, plots, provenance
 
 COLUMNS = [
     "method", "ranks", "seed", "threads", "accuracy", "precision", "recall", "f1",
     "fit_seconds_mean", "fit_seconds_max", "job_seconds", "time_decrease_pct", "speedup", "efficiency",
     "job_speedup", "oversubscribed", "ties", "train_images_per_rank", "peak_rss_mb", "member_accuracy_mean",
+    "compute_precision", "cores_used", "cpu_seconds", "images_per_second_per_core", "gflops_per_core",
 ]
 
 
@@ -28,6 +29,8 @@ def sequential_row(record, job_seconds, cores):
         "fit_seconds_mean": record["fit_seconds"], "fit_seconds_max": record["fit_seconds"],
         "job_seconds": job_seconds, "oversubscribed": threads != "all" and threads > cores, "ties": 0,
         "train_images_per_rank": record["train_images"], "peak_rss_mb": record["peak_rss_mb"],
+        "compute_precision": record.get("precision", "float32"), "cpu_seconds": record.get("cpu_seconds"),
+        "images_trained": record["train_images"] * record["settings"]["epochs"] if "settings" in record else None,
     }
 
 
@@ -41,6 +44,8 @@ def ensemble_row(result, job_seconds):
         "job_seconds": job_seconds, "oversubscribed": result["oversubscribed"], "ties": result["ties"],
         "train_images_per_rank": min(timing["train_images_per_rank"]), "peak_rss_mb": timing["peak_rss_mb_max"],
         "member_accuracy_mean": sum(result["member_accuracy"]) / len(result["member_accuracy"]),
+        "compute_precision": timing.get("precision", "float32"), "cpu_seconds": timing.get("cpu_seconds_sum"),
+        "images_trained": sum(timing["train_images_per_rank"]) * timing["epochs"] if timing.get("epochs") else None,
     }
 
 
@@ -60,11 +65,30 @@ def add_relative_columns(rows):
     return rows
 
 
+def cores_used(row, cores):
+    """Cores the row's training could use: threads per rank times ranks, at most the job's cores."""
+    threads = cores if row["threads"] == "all" else int(row["threads"])
+    return min(row["ranks"] * threads, cores)
+
+
+def add_throughput_columns(rows, cores):
+    """Training images per second per core (over the slowest rank's fit time, validation passes not counted) and
+    the GFLOP/s per core that this throughput means for the model's FLOP count."""
+    flops = model.training_flops_per_image()
+    for row in rows:
+        row["cores_used"] = cores_used(row, cores)
+        if row.get("images_trained") and row.get("fit_seconds_max"):
+            per_core = row["images_trained"] / row["fit_seconds_max"] / row["cores_used"]
+            row["images_per_second_per_core"] = per_core
+            row["gflops_per_core"] = per_core * flops / 1e9
+    return rows
+
+
 def build_rows(sequential, ensembles, cores):
     rows = [sequential_row(io.read_json(rec), read_benchmark_seconds(b), cores) for rec, b in sequential]
     rows += [ensemble_row(io.read_json(res), read_benchmark_seconds(b)) for res, b in ensembles]
     rows.sort(key=lambda r: (r["method"] != "sequential", r["method"], r["ranks"], str(r["threads"]), r["seed"]))
-    return add_relative_columns(rows)
+    return add_throughput_columns(add_relative_columns(rows), cores)
 
 
 def to_csv(rows):
@@ -109,4 +133,8 @@ def run(args):
     paper = read_paper(args.paper)
     plots.sequential_figure(rows, paper, args.fig_sequential)
     plots.scaling_figure(rows, paper, args.fig_scaling)
+    if getattr(args, "fig_speedup", None):
+        plots.speedup_figure(rows, paper, args.fig_speedup)
+    if getattr(args, "fig_rank_times", None):
+        plots.rank_times_figure([io.read_json(p) for p in args.ensemble], args.fig_rank_times)
     print(to_csv(rows))

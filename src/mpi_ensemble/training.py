@@ -1,23 +1,68 @@
 """Training one model: the same code for the sequential baseline and for every MPI rank."""
 
 import os
+import resource
 import time
 
 from . import data, model, provenance, runtime
 
 CRASH_ENV = "MPI_ENSEMBLE_CRASH_RANK"  # test-only: the rank that raises after its first epoch
+PRECISIONS = ("float32", "mixed_bfloat16")
+BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+# Train steps per call into the compiled graph: the same batches and updates, fewer Python round trips.
+STEPS_PER_EXECUTION = 16
 
 
-def import_keras(threads):
-    """Import TensorFlow/Keras with the thread pools already pinned (they cannot change later)."""
+def keras_backend():
+    """The Keras backend that `import keras` will pick (KERAS_BACKEND, as Keras reads it; TensorFlow by default)."""
+    return os.environ.get("KERAS_BACKEND", "tensorflow")
+
+
+def cpu_flags(cpuinfo="/proc/cpuinfo"):
+    """The CPU's feature flags (empty when /proc/cpuinfo is unreadable, e.g. not Linux)."""
+    try:
+        with open(cpuinfo, encoding="utf-8") as handle:
+            for line in handle:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def check_precision(precision, flags):
+    """Refuse a precision the config cannot mean, and bfloat16 on a CPU that would emulate it (slower, not faster)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
+    if precision == "mixed_bfloat16" and not flags & set(BF16_FLAGS):
+        raise ValueError(
+            "precision mixed_bfloat16 needs a CPU with native bfloat16 arithmetic (flag avx512_bf16 or amx_bf16 "
+            "in /proc/cpuinfo); this CPU has neither, so bfloat16 would be emulated and slower than float32. "
+            "Set precision: float32."
+        )
+    return precision
+
+
+def import_keras(threads, precision="float32"):
+    """Import Keras with the thread pools already pinned (they cannot change later) and the precision policy set."""
+    check_precision(precision, cpu_flags() if precision != "float32" else set())
     runtime.apply_threads(threads)
-    import tensorflow as tf
+    backend = keras_backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
 
-    runtime.apply_tf_threads(tf, threads)
-    # Same seed, same data -> same weights: op determinism costs little for this small CNN on a CPU.
-    tf.config.experimental.enable_op_determinism()
+        runtime.apply_tf_threads(tf, threads)
+        # Same seed, same data -> same weights: op determinism costs little for this small CNN on a CPU.
+        tf.config.experimental.enable_op_determinism()
+    elif backend == "torch":  # the device sweep: TensorFlow is too large to carry there
+        import torch
+
+        if threads is not None:
+            torch.set_num_threads(threads)
+            torch.set_num_interop_threads(1)
     import keras
 
+    keras.mixed_precision.set_global_policy(precision)
     return keras
 
 
@@ -33,27 +78,59 @@ def crash_callback(keras, rank):
     return [Crash()]
 
 
+def cpu_seconds():
+    """User + system CPU time of this process so far, all its threads together."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def tf_dataset(x, y, batch_size, seed=None):
+    """Batches of (x, y) as a tf.data pipeline: a fresh shuffle each epoch when `seed` is given, batches gathered
+    from the in-memory shard by index (only the indices are shuffled, never the images), prefetched so the
+    next batch is ready when the step ends."""
+    import tensorflow as tf
+
+    images, labels = tf.convert_to_tensor(x), tf.convert_to_tensor(y)
+    indices = tf.data.Dataset.range(len(x))
+    if seed is not None:
+        indices = indices.shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
+    batches = indices.batch(batch_size).map(
+        lambda idx: (tf.gather(images, idx), tf.gather(labels, idx)), num_parallel_calls=1
+    )
+    return batches.prefetch(2)
+
+
+def fit_inputs(keras, x, y, cut, batch_size, seed):
+    """`fit()` keyword arguments for training on x[:cut] and validating on x[cut:] (Keras' validation_split cut).
+
+    On TensorFlow, our own tf.data pipeline; on other backends, Keras' array adapter (shuffle every epoch too).
+    """
+    validation = (x[cut:], y[cut:]) if cut < len(x) else None
+    if keras.backend.backend() != "tensorflow":
+        return {"x": x[:cut], "y": y[:cut], "batch_size": batch_size, "shuffle": True, "validation_data": validation}
+    return {
+        "x": tf_dataset(x[:cut], y[:cut], batch_size, seed=seed),
+        "shuffle": False,  # the pipeline reshuffles every epoch itself; Keras would only warn that it cannot
+        "validation_data": None if validation is None else tf_dataset(*validation, batch_size),
+    }
+
+
 def fit(keras, x, y, seed, settings, callbacks=()):
     """Train the paper's CNN on (x, y) with Keras' validation_split semantics; time only `fit()`."""
     keras.utils.set_random_seed(seed)
-    net = model.build_model(keras, input_shape=x.shape[1:])
+    net = model.build_model(keras, input_shape=x.shape[1:],
+                            steps_per_execution=settings.get("steps_per_execution", STEPS_PER_EXECUTION))
     cut = data.validation_split_index(len(x), settings["validation_split"])
-    validation = (x[cut:], y[cut:]) if cut < len(x) else None
-    start = time.perf_counter()
-    history = net.fit(
-        x[:cut],
-        y[:cut],
-        validation_data=validation,
-        epochs=settings["epochs"],
-        batch_size=settings["batch_size"],
-        verbose=0,
-        callbacks=list(callbacks),
-    )
+    inputs = fit_inputs(keras, x, y, cut, settings["batch_size"], seed)
+    start, cpu_start = time.perf_counter(), cpu_seconds()
+    history = net.fit(**inputs, epochs=settings["epochs"], verbose=0, callbacks=list(callbacks))
     fit_seconds = time.perf_counter() - start
     facts = {
         "fit_seconds": fit_seconds,
+        "fit_cpu_seconds": cpu_seconds() - cpu_start,
         "train_images": cut,
         "validation_images": len(x) - cut,
+        "precision": keras.mixed_precision.global_policy().name,
         "history": {key: [float(v) for v in values] for key, values in history.history.items()},
     }
     return net, facts
@@ -77,6 +154,7 @@ def timing_record(threads, started, facts, **extra):
         **facts,
         "wall_seconds": time.perf_counter() - started,
         "peak_rss_mb": provenance.peak_rss_mb(),
+        "cpu_seconds": cpu_seconds(),
         "thread_settings": runtime.thread_settings(threads),
         **provenance.host_facts(),
     }

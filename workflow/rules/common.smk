@@ -110,7 +110,7 @@ def subset_args():
 
 TRAINING_ARGS = (
     f"--epochs {config['epochs']} --batch-size {config['batch_size']} "
-    f"--validation-split {config['validation_split']}"
+    f"--validation-split {config['validation_split']} --precision {config['precision']}"
 )
 
 

@@ -39,6 +39,16 @@ rule report:
             caption="../report/fig6.rst",
             category="Figures",
         ),
+        fig_speedup=report(
+            "results/figures/speedup.png",
+            caption="../report/speedup.rst",
+            category="Figures",
+        ),
+        fig_rank_times=report(
+            "results/figures/rank_times.png",
+            caption="../report/rank_times.rst",
+            category="Figures",
+        ),
     log:
         "logs/report.log",
     conda:
@@ -50,4 +60,5 @@ rule report:
         "--sequential-benchmarks {input.sequential_benchmarks} --ensemble {input.ensemble} "
         "--ensemble-benchmarks {input.ensemble_benchmarks} --paper {input.paper} --cores {params.cores} "
         "--summary {output.summary} --provenance {output.provenance} "
-        "--fig-sequential {output.fig_sequential} --fig-scaling {output.fig_scaling} > {log} 2>&1"
+        "--fig-sequential {output.fig_sequential} --fig-scaling {output.fig_scaling} "
+        "--fig-speedup {output.fig_speedup} --fig-rank-times {output.fig_rank_times} > {log} 2>&1"
