@@ -1,0 +1,57 @@
+"""The scaling benchmark script: its arithmetic, and one tiny real run (both code paths under real mpiexec)."""
+
+import importlib.util
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT
+
+
+def load_script():
+    spec = importlib.util.spec_from_file_location("scaling_bench", ROOT / "benchmarks" / "scaling.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def run(impl, ranks, precision, fit_s, job_s, img, rss=700.0, accuracy=None):
+    return {"impl": impl, "ranks": ranks, "threads": 1, "precision": precision, "cores_used": 2, "fit_s": fit_s,
+            "fit_s_mean": fit_s, "img_s_core": img, "cpu_s": 1.0, "fit_cpu_s": 1.0, "rss_mb": rss, "job_s": job_s,
+            "accuracy": accuracy}
+
+
+def test_medians_over_repeats_and_first_accuracy():
+    bench = load_script()
+    runs = [run("ours", 2, "fp32", f, 10.0, 100.0 * f, accuracy=a) for f, a in ((3.0, 0.9), (1.0, None), (2.0, None))]
+    (row,) = bench.median_rows(runs)
+    assert row["fit_s"] == 2.0 and row["img_s_core"] == 200.0 and row["repeats"] == 3 and row["accuracy"] == 0.9
+
+
+def test_ratios_against_targets():
+    bench = load_script()
+    rows = [run("paper", 2, "fp64-input", 10.0, 20.0, 1000.0), run("ours", 2, "fp32", 6.0, 12.0, 1600.0),
+            run("ours", 2, "bf16", 4.0, 10.0, 2100.0), run("ours-1t", 1, "fp32", 11.4, 21.0, 800.0, rss=1100.0)]
+    checks = {c["ratio"].split(",")[0].split(" at ")[0]: c for c in bench.ratios(rows, 2)}
+    assert checks["ours fp32 / paper"]["value"] == pytest.approx(1.6) and checks["ours fp32 / paper"]["met"]
+    assert checks["ours bf16 / paper"]["value"] == pytest.approx(2.1) and not checks["ours bf16 / paper"]["met"]
+    assert checks["fit speed-up"]["value"] == pytest.approx(11.4 / 6.0) and checks["fit speed-up"]["met"]
+    assert checks["job wall speed-up"]["value"] == pytest.approx(21.0 / 12.0)
+    assert not checks["ours peak RSS per rank"]["met"]  # 1100 MB > 1 GiB
+
+
+@pytest.mark.workflow
+def test_benchmark_runs_both_code_paths(tmp_path):
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "scaling.py"), "--quick", "--ranks", "2", "--precision", "float32",
+         "--train-images", "4000", "--test-images", "500", "--skip-probe", "--json", str(tmp_path / "b.json")],
+        capture_output=True, text=True, timeout=900,
+    )
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    lines = out.stdout.splitlines()
+    paper = next(line.split() for line in lines if line.split()[:2] == ["paper", "2"])
+    ours = next(line.split() for line in lines if line.split()[:2] == ["ours", "2"])
+    assert paper[3] == "fp64-input" and ours[3] == "fp32"
+    assert float(ours[-1]) > 0.5 and float(paper[-1]) > 0.5  # majority-vote accuracy of both (chance is 0.1)
+    assert "ours fp32 / paper, img/s per core at N=2" in out.stdout
