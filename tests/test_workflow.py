@@ -27,6 +27,9 @@ def test_summary_rows_and_sanity(smoke_run):
         assert 0.5 < float(row["accuracy"]) <= 1.0, row  # chance is 0.1
         assert 0 < float(row["fit_seconds_mean"]) <= float(row["fit_seconds_max"]) < float(row["job_seconds"])
         assert row["oversubscribed"] == "false"
+        assert row["compute_precision"] == "float32" and float(row["cpu_seconds"]) > 0
+        per_core = float(row["images_per_second_per_core"])
+        assert per_core > 0 and float(row["gflops_per_core"]) == pytest.approx(per_core * 16.76544e-3, rel=1e-3)
     ens2 = next(r for r in rows if r["method"] == "ensemble_majority" and r["ranks"] == "2")
     assert int(ens2["train_images_per_rank"]) == 2400  # 0.8 of 6000/2
     assert int(ens2["ties"]) > 0  # two members disagreeing always tie
@@ -44,11 +47,12 @@ def test_models_and_rank_records(smoke_run):
             assert len(record["thread_settings"]["affinity"]) == 2 // n  # bound by mpiexec
             assert record["mpi_library"].startswith("MPICH")
             assert record["peak_rss_mb"] > 100 and record["versions"]["keras"].startswith("3.")
+            assert record["precision"] == "float32" and 0 < record["fit_cpu_seconds"] < record["cpu_seconds"]
     assert not list(models.rglob(".*tmp*"))  # no temporary files left behind
 
 
 def test_figures_and_provenance(smoke_run):
-    for name in ("fig5_sequential.png", "fig6_scaling.png"):
+    for name in ("fig5_sequential.png", "fig6_scaling.png", "speedup.png", "rank_times.png"):
         png = (smoke_run / "results" / "figures" / name).read_bytes()
         assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 20_000
     prov = json.loads((smoke_run / "results" / "provenance.json").read_text())

@@ -119,8 +119,7 @@ def speedup_figure(rows, paper, path):
         ax.plot(list(jobs), [m for m, _ in jobs.values()], "o:", color="tab:cyan", mfc="white",
                 label="ours: job wall-time speed-up")
     ax.set(xlabel="MPI ranks (cores)", ylabel="speed-up of fit()", xscale="log", yscale="log")
-    if top <= 16:
-        ax.set_xticks(range(1, top + 1))
+    ax.set_xticks([t for t in (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128) if t <= top])
     ax.get_xaxis().set_major_formatter(matplotlib.ticker.ScalarFormatter())
     ax.get_yaxis().set_major_formatter(matplotlib.ticker.ScalarFormatter())
     ax.grid(alpha=0.3, which="both")

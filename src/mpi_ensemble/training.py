@@ -115,11 +115,17 @@ def fit_inputs(keras, x, y, cut, batch_size, seed):
     }
 
 
+def steps_per_execution(keras, settings):
+    """Several steps per graph call on TensorFlow; Keras' torch backend accepts only 1."""
+    if keras.backend.backend() != "tensorflow":
+        return 1
+    return settings.get("steps_per_execution", STEPS_PER_EXECUTION)
+
+
 def fit(keras, x, y, seed, settings, callbacks=()):
     """Train the paper's CNN on (x, y) with Keras' validation_split semantics; time only `fit()`."""
     keras.utils.set_random_seed(seed)
-    net = model.build_model(keras, input_shape=x.shape[1:],
-                            steps_per_execution=settings.get("steps_per_execution", STEPS_PER_EXECUTION))
+    net = model.build_model(keras, input_shape=x.shape[1:], steps_per_execution=steps_per_execution(keras, settings))
     cut = data.validation_split_index(len(x), settings["validation_split"])
     inputs = fit_inputs(keras, x, y, cut, settings["batch_size"], seed)
     start, cpu_start = time.perf_counter(), cpu_seconds()
