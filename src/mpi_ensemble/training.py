@@ -85,19 +85,28 @@ def cpu_seconds():
 
 
 def tf_dataset(x, y, batch_size, seed=None):
-    """Batches of (x, y) as a tf.data pipeline: a fresh shuffle each epoch when `seed` is given, batches gathered
-    from the in-memory shard by index (only the indices are shuffled, never the images), prefetched so the
-    next batch is ready when the step ends."""
+    """Batches of (x, y) as a tf.data pipeline: a fresh shuffle each epoch when `seed` is given, each batch gathered
+    by index straight from the (memory-mapped) shard arrays, prefetched so the next batch is ready when the step ends.
+
+    Only the indices are shuffled, and the images are never copied into a TensorFlow constant: converting the shard
+    to a tensor costs twice its size in anonymous memory (≈ 300 MB more peak RSS for 48k images), while the NumPy
+    gather of one batch takes ≈ 0.4 ms on the pipeline's own thread.
+    """
     import tensorflow as tf
 
-    images, labels = tf.convert_to_tensor(x), tf.convert_to_tensor(y)
+    x_dtype, y_dtype = tf.as_dtype(x.dtype), tf.as_dtype(y.dtype)
+
+    def take(idx):
+        return x[idx], y[idx]
+
+    def gather(idx):
+        images, labels = tf.numpy_function(take, [idx], (x_dtype, y_dtype), stateful=False)
+        return tf.ensure_shape(images, (None, *x.shape[1:])), tf.ensure_shape(labels, (None, *y.shape[1:]))
+
     indices = tf.data.Dataset.range(len(x))
     if seed is not None:
         indices = indices.shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
-    batches = indices.batch(batch_size).map(
-        lambda idx: (tf.gather(images, idx), tf.gather(labels, idx)), num_parallel_calls=1
-    )
-    return batches.prefetch(2)
+    return indices.batch(batch_size).map(gather, num_parallel_calls=1, deterministic=True).prefetch(2)
 
 
 def fit_inputs(keras, x, y, cut, batch_size, seed):
