@@ -21,3 +21,4 @@ rule all:
         "results/summary.csv",
         "results/figures/fig5_sequential.png",
         "results/figures/fig6_scaling.png",
+        saved_models(),

@@ -66,6 +66,11 @@ def cmd_ranks(args):
     rank, size = comm.Get_rank(), comm.Get_size()
     threads = runtime.parse_threads(args.threads)
     keras = training.import_keras(threads)
+    oversubscribed = runtime.is_oversubscribed(size, threads or 1, args.job_cores)
+    if oversubscribed and rank == 0:
+        print(f"warning: {size} ranks x {threads or 1} thread(s) exceed the job's {args.job_cores} cores; "
+              "the ranks share cores (oversubscribed), so their fit times do not measure scaling",
+              file=sys.stderr, flush=True)
     n_items = data.count_items(args.train_y)
     start, stop = data.shard_range(n_items, size, rank)
     x, y = data.load_arrays(args.train_x, args.train_y, start, stop)
@@ -76,7 +81,7 @@ def cmd_ranks(args):
     record = training.timing_record(
         threads, started, facts, method="ensemble_member", seed=args.seed, ranks=size, rank=rank,
         shard=[start, stop], settings=settings_of(args), mpi_library=provenance.mpi_library(),
-        job_cores=args.job_cores, oversubscribed=size * (threads or 1) > args.job_cores,
+        job_cores=args.job_cores, oversubscribed=oversubscribed,
     )
     io.write_json(out / f"rank{rank}.json", record)
     comm.Barrier()
