@@ -112,7 +112,9 @@ def download_verified(file_name, dest, expected, mirrors, timeout=60):
                     shutil.copyfileobj(response, out)
                 verify(tmp, expected, label=url)
             return url
-        except (urllib.error.URLError, OSError, ChecksumError) as err:
+        except ChecksumError as err:
+            errors.append(f"  {err}")  # already names the URL
+        except (urllib.error.URLError, OSError) as err:
             errors.append(f"  {url}: {err}")
     raise DataSourceError(f"could not fetch {file_name} from any mirror:\n" + "\n".join(errors))
 
