@@ -16,7 +16,7 @@ from conftest import ROOT, project_copy, snakemake
 
 from mpi_ensemble import runtime
 
-SMALL = ["max_train_images=4000", "max_test_images=500", "epochs=1", "ranks=[2]", "seeds=[0]"]
+SMALL = ["max_train_images=4000", "max_test_images=500", "epochs=1", "ranks=[1,2]", "seeds=[0]"]
 # The test cluster has no accounts and no accounting (so no sacct); poll early, its jobs are short.
 PROFILE = [
     "--workflow-profile", "workflow/profiles/slurm", "--slurm-no-account", "--slurm-status-command", "squeue",
@@ -137,12 +137,13 @@ def test_outputs_match_the_local_run(slurm_run):
     with open(work / "results" / "summary.csv") as handle:
         rows = list(csv.DictReader(handle))
     assert {(r["method"], r["ranks"], r["threads"]) for r in rows} == {
-        ("sequential", "1", "1"), ("sequential", "1", "all"), ("ensemble_majority", "2", "1")}
+        ("sequential", "1", "1"), ("sequential", "1", "all"), ("ensemble_majority", "1", "2"),
+        ("ensemble_majority", "2", "1")}
     for row in rows:
         assert 0.5 < float(row["accuracy"]) <= 1.0, row
         assert 0 < float(row["fit_seconds_mean"]) <= float(row["fit_seconds_max"]) < float(row["job_seconds"])
         assert row["oversubscribed"] == "false"
-    ensemble = next(r for r in rows if r["method"] == "ensemble_majority")
+    ensemble = next(r for r in rows if r["method"] == "ensemble_majority" and r["ranks"] == "2")
     assert int(ensemble["train_images_per_rank"]) == 1600  # 0.8 of 4000 / 2
     for r in range(2):
         assert (work / f"results/models/ranks2/seed0/rank{r}.keras").stat().st_size > 100_000
@@ -154,13 +155,24 @@ def test_outputs_match_the_local_run(slurm_run):
 def test_compute_jobs_were_submitted_and_the_rest_ran_locally(slurm_run):
     work, log = slurm_run
     rules = submitted_rules(log)
-    assert set(rules) == {"preprocess", "train_sequential", "train_mpi_ranks2"}, log[-3000:]
+    assert set(rules) == {"preprocess", "train_sequential", "train_mpi_ranks1", "train_mpi_ranks2"}, log[-3000:]
     assert len(rules["train_sequential"]) == 2 and len(rules["train_mpi_ranks2"]) == 1
     for rule in ("fetch_data", "ensemble", "report"):
         assert f"localrule {rule}:" in log
     for threads in ("1", "all"):
         record = json.loads((work / f"results/sequential/threads{threads}/seed0/record.json").read_text())
         assert record["scheduler"]["SLURM_JOB_ID"] in rules["train_sequential"]
+
+
+def test_one_rank_runs_as_a_singleton_in_a_one_task_job(slurm_run, cluster):
+    """The plugin refuses MPI jobs of one task; the profile's empty launcher runs rank 0 as an MPI singleton."""
+    work, log = slurm_run
+    [job_id] = submitted_rules(log)["train_mpi_ranks1"]
+    [record] = rank_records(work, 1)
+    assert record["ranks"] == 1 and record["scheduler"]["SLURM_JOB_ID"] == job_id
+    assert record["thread_settings"]["threads"] == 2 and record["oversubscribed"] is False
+    job = cluster.run_client("scontrol", "show", "job", job_id).stdout
+    assert "NumTasks=1" in job and "CPUs/Task=2" in job, job
 
 
 def test_mpi_job_is_one_two_rank_step_in_one_allocation(slurm_run, cluster):
@@ -184,7 +196,9 @@ def test_mpiexec_inside_the_allocation_also_gives_one_world(slurm_run, cluster):
     inside its allocation: still one 2-rank world in one job."""
     work, log = slurm_run
     [first_job] = submitted_rules(log)["train_mpi_ranks2"]
-    out = snakemake(work, *PROFILE, "--set-resources", "train_mpi_ranks2:mpi='mpiexec'", "--forcerun",
+    # --set-resources replaces the profile's list: keep ranks1's entry, or its changed launcher would rerun it.
+    launchers = ["train_mpi_ranks1:mpi=''", "train_mpi_ranks2:mpi='mpiexec'"]
+    out = snakemake(work, *PROFILE, "--set-resources", *launchers, "--forcerun",
                     "train_mpi_ranks2", "--config", *SMALL, env={"SLURM_CONF": str(cluster.conf)}, timeout=900)
     text = out.stdout + out.stderr
     [job_id] = submitted_rules(text)["train_mpi_ranks2"]
