@@ -24,6 +24,7 @@ DAEMONS = ("munged", "slurmctld", "slurmd")
 CLIENTS = ("sbatch", "srun", "squeue", "sinfo", "scontrol", "scancel")
 INSTALL_HINT = "install them as root with: apt-get install -y slurm-wlm munge"
 SYSTEM_CONF = Path("/etc/slurm/slurm.conf")
+CONF_HEADER = "# Written by the project's tests (tests/slurm_cluster.py)"
 
 
 def unavailable_reason():
@@ -34,6 +35,9 @@ def unavailable_reason():
     if missing:
         return f"SLURM/munge programs not found: {', '.join(missing)}; {INSTALL_HINT}"
     if SYSTEM_CONF.exists():
+        if SYSTEM_CONF.read_text(errors="replace").startswith(CONF_HEADER):
+            return (f"{SYSTEM_CONF} was left by a test cluster that did not stop (killed test run, or one running "
+                    "now); once no such run is left, delete it")
         return (f"{SYSTEM_CONF} exists (a SLURM installation of this machine); the test cluster will not replace "
                 "it. Run the SLURM tests on a machine or container without one.")
     return None
@@ -53,7 +57,7 @@ def slurm_conf(root, ctld_port, slurmd_port, cpus, memory_mb, munge_socket):
     """Minimal single-node configuration: no cgroups (linuxproc, task/none), no accounting, CPUs and memory as
     consumable resources, so that a job asking for more than the node has is refused, never squeezed in."""
     return f"""\
-# Written by the project's tests (tests/slurm_cluster.py) for a throw-away cluster in {root}.
+{CONF_HEADER} for a throw-away cluster in {root}.
 ClusterName=testcluster
 SlurmctldHost=localhost
 SlurmctldPort={ctld_port}
