@@ -15,6 +15,14 @@ include: "workflow/rules/ensemble.smk"
 include: "workflow/rules/report.smk"
 
 
+# Under a cluster executor these run beside Snakemake itself: compute nodes often have no internet (fetch_data),
+# and voting and the report are seconds of work, not worth a queue wait.
+localrules:
+    fetch_data,
+    ensemble,
+    report,
+
+
 rule all:
     default_target: True
     input:
