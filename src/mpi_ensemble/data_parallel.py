@@ -81,7 +81,8 @@ class Trainer:
         self.tf, self.net, self.comm = tf, net, comm
         self.variables = net.trainable_variables
         self.shapes = [tuple(v.shape) for v in self.variables]
-        self.optimizer = keras.optimizers.Adam()  # the paper's compile(optimizer="adam"): Keras' defaults
+        # The compiled optimizer (the paper's "adam", Keras' defaults), so the saved model keeps its trained state.
+        self.optimizer = net.optimizer
         self.optimizer.build(self.variables)
         self.loss = keras.losses.SparseCategoricalCrossentropy(reduction="sum")
         spec_x = tf.TensorSpec((None, *net.input_shape[1:]), tf.float32)

@@ -111,27 +111,23 @@ for n in RANKS:
             "{params.training} --out-dir {params.out_dir} > {log} 2>&1"
 
 
-def extra_results(wildcards=None):
-    """Results of the methods beyond the paper, paired with the benchmark of the job that trained them."""
-    variants = [
-        (
-            f"results/ensemble/ranks{n}/seed{s}/{v}.json",
-            f"results/benchmarks/train_mpi/ranks{n}_seed{s}.tsv",
-        )
-        for n in RANKS
-        for s in SEEDS
-        for v in VOTE_VARIANTS
-    ]
-    parallel = [
-        (
-            f"results/data_parallel/ranks{n}/seed{s}/record.json",
-            f"results/benchmarks/train_data_parallel/ranks{n}_seed{s}.tsv",
-        )
-        for n in RANKS
-        for s in SEEDS
-    ]
-    return variants + parallel
-
+# Results of the methods beyond the paper, paired with the benchmark of the job that trained them.
+EXTRA_RESULTS = [
+    (
+        f"results/ensemble/ranks{n}/seed{s}/{v}.json",
+        f"results/benchmarks/train_mpi/ranks{n}_seed{s}.tsv",
+    )
+    for n in RANKS
+    for s in SEEDS
+    for v in VOTE_VARIANTS
+] + [
+    (
+        f"results/data_parallel/ranks{n}/seed{s}/record.json",
+        f"results/benchmarks/train_data_parallel/ranks{n}_seed{s}.tsv",
+    )
+    for n in RANKS
+    for s in SEEDS
+]
 
 TIMED_RESULTS = expand(
     "results/single_shard/ranks{ranks}/seed{seed}/metrics.json", ranks=SHARD_RANKS, seed=SEEDS

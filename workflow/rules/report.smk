@@ -23,8 +23,8 @@ rule report:
         ),
         paper="paper/reported_results.csv",
         # Methods beyond the paper (controls.smk).
-        extra_results=[result for result, _ in extra_results()],
-        extra_benchmarks=[bench for _, bench in extra_results()],
+        extra_results=[result for result, _ in EXTRA_RESULTS],
+        extra_benchmarks=[bench for _, bench in EXTRA_RESULTS],
         timed_results=TIMED_RESULTS,
     output:
         summary=report(
