@@ -12,6 +12,7 @@ include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/ensemble.smk"
+include: "workflow/rules/controls.smk"
 include: "workflow/rules/report.smk"
 
 
@@ -29,3 +30,5 @@ rule all:
         "results/summary.csv",
         "results/figures/fig5_sequential.png",
         "results/figures/fig6_scaling.png",
+        rules.beyond_report.output,
+        expand("results/report/methods/{method}.html", method=METHODS),
