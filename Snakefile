@@ -12,7 +12,16 @@ include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/ensemble.smk"
+include: "workflow/rules/controls.smk"
 include: "workflow/rules/report.smk"
+
+
+# Under a cluster executor these run beside Snakemake itself: compute nodes often have no internet (fetch_data),
+# and voting and the report are seconds of work, not worth a queue wait.
+localrules:
+    fetch_data,
+    ensemble,
+    report,
 
 
 rule all:
@@ -21,4 +30,6 @@ rule all:
         "results/summary.csv",
         "results/figures/fig5_sequential.png",
         "results/figures/fig6_scaling.png",
+        rules.beyond_report.output,
+        expand("results/report/methods/{method}.html", method=METHODS),
         saved_models(),

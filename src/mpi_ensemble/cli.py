@@ -153,6 +153,11 @@ def build_parser():
     p.add_argument("--provenance", required=True)
     p.add_argument("--fig-sequential", required=True)
     p.add_argument("--fig-scaling", required=True)
+    # Methods beyond the paper (issue 4): results in the ensemble's format, paired with their job's benchmark,
+    # and results that carry their own job_seconds (single_shard).
+    p.add_argument("--extra-results", nargs="*", default=[])
+    p.add_argument("--extra-benchmarks", nargs="*", default=[])
+    p.add_argument("--timed-results", nargs="*", default=[])
     p.set_defaults(func=report.run)
     return parser
 

@@ -50,8 +50,9 @@ FILES = datasets.file_names(DATASET)
 RANKS = sorted(set(config["ranks"]))
 SEEDS = sorted(set(config["seeds"]))
 BASELINE_THREADS = [str(t) for t in config["baseline_threads"]]
-# Cores of this machine that Snakemake may use; training jobs claim all of them so timings never overlap.
-CORES = workflow.cores if isinstance(workflow.cores, int) else runtime.available_cores()
+# Cores a training job claims so that timings never overlap: --cores (all, by the default profile); inside a
+# SLURM job what it was allocated on its node; submitting to SLURM without --cores, this machine's.
+CORES = runtime.job_cores(workflow.resource_settings.cores)
 
 
 def check_subset_sizes():
@@ -121,8 +122,14 @@ def launch_prefix(wildcards, resources, threads):
     """`mpiexec -n N` plus binding flags; binding only when the ranks fit on the job's cores."""
     n = int(resources.tasks)
     parts = str(resources.mpi).split()
-    if Path(parts[0]).name not in ("mpiexec", "mpirun"):
-        return f"{resources.mpi} -n {n}"  # srun and friends bind by their own options
+    if not parts or Path(parts[0]).name not in ("mpiexec", "mpirun"):
+        # srun and friends bind by their own options
+        try:
+            return " ".join(
+                runtime.scheduler_launch_command(parts, n, int(resources.cpus_per_task))
+            )
+        except ValueError as err:
+            raise WorkflowError(str(err))
     try:
         launcher = runtime.find_launcher(parts[0], search_path=JOB_PATH)
     except FileNotFoundError as err:
