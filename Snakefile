@@ -12,7 +12,16 @@ include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/ensemble.smk"
+include: "workflow/rules/controls.smk"
 include: "workflow/rules/report.smk"
+
+
+# Under a cluster executor these run beside Snakemake itself: compute nodes often have no internet (fetch_data),
+# and voting and the report are seconds of work, not worth a queue wait.
+localrules:
+    fetch_data,
+    ensemble,
+    report,
 
 
 rule all:
@@ -23,3 +32,6 @@ rule all:
         "results/figures/fig6_scaling.png",
         "results/figures/speedup.png",
         "results/figures/rank_times.png",
+        rules.beyond_report.output,
+        expand("results/report/methods/{method}.html", method=METHODS),
+        saved_models(),

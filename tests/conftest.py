@@ -56,3 +56,10 @@ def smoke_run(tmp_path_factory):
     work = project_copy(tmp_path_factory.mktemp("smoke"))
     snakemake(work, "--config", *SMOKE)
     return work
+
+
+def skip_unless_required(reason):
+    """Skip, printing why; under REQUIRE_SYSTEM_TESTS=1 (CI, which installs the packages) fail instead."""
+    if os.environ.get("REQUIRE_SYSTEM_TESTS") == "1":
+        pytest.fail(f"REQUIRE_SYSTEM_TESTS=1, but this test cannot run: {reason}")
+    pytest.skip(reason)

@@ -67,6 +67,11 @@ def cmd_ranks(args):
     rank, size = comm.Get_rank(), comm.Get_size()
     threads = runtime.parse_threads(args.threads)
     keras = training.import_keras(threads, args.precision)
+    oversubscribed = runtime.is_oversubscribed(size, threads or 1, args.job_cores)
+    if oversubscribed and rank == 0:
+        print(f"warning: {size} ranks x {threads or 1} thread(s) exceed the job's {args.job_cores} cores; "
+              "the ranks share cores (oversubscribed), so their fit times do not measure scaling",
+              file=sys.stderr, flush=True)
     n_items = data.count_items(args.train_y)
     start, stop = data.shard_range(n_items, size, rank)
     x, y = data.load_arrays(args.train_x, args.train_y, start, stop)
@@ -77,7 +82,7 @@ def cmd_ranks(args):
     record = training.timing_record(
         threads, started, facts, method="ensemble_member", seed=args.seed, ranks=size, rank=rank,
         shard=[start, stop], settings=settings_of(args), mpi_library=provenance.mpi_library(),
-        job_cores=args.job_cores, oversubscribed=size * (threads or 1) > args.job_cores,
+        job_cores=args.job_cores, oversubscribed=oversubscribed,
     )
     io.write_json(out / f"rank{rank}.json", record)
     comm.Barrier()
@@ -151,6 +156,11 @@ def build_parser():
     p.add_argument("--provenance", required=True)
     p.add_argument("--fig-sequential", required=True)
     p.add_argument("--fig-scaling", required=True)
+    # Methods beyond the paper (issue 4): results in the ensemble's format, paired with their job's benchmark,
+    # and results that carry their own job_seconds (single_shard).
+    p.add_argument("--extra-results", nargs="*", default=[])
+    p.add_argument("--extra-benchmarks", nargs="*", default=[])
+    p.add_argument("--timed-results", nargs="*", default=[])
     p.add_argument("--fig-speedup", help="speed-up plot (ideal, ours, the paper's machines)")
     p.add_argument("--fig-rank-times", help="per-rank fit() time plot")
     p.set_defaults(func=report.run)

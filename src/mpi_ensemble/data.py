@@ -1,11 +1,11 @@
 """MNIST-style IDX data: verify, fetch, preprocess into memory-mappable arrays, and shard."""
 
-import gzip
 import hashlib
 import shutil
 import struct
 import urllib.error
 import urllib.request
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -42,23 +42,38 @@ def parse_idx(raw):
     return np.frombuffer(raw, dtype=IDX_DTYPES[dtype_code], offset=header).reshape(shape)
 
 
-def read_gz(path):
-    try:
-        with gzip.open(path, "rb") as handle:
-            return handle.read()
-    except (OSError, EOFError) as err:
-        raise ChecksumError(f"{path}: not a readable gzip file ({err}); delete it and fetch it again") from err
+def gunzip(blob):
+    """Decompress gzip bytes as far as they go: (content, problem), problem None or saying what is wrong.
+
+    A truncated or damaged file still yields the content before the damage, so the refusal can show its
+    hash beside the expected one.
+    """
+    if not blob:
+        return b"", "the file is empty"
+    parts = []
+    while blob:  # a gzip file may hold several members back to back
+        stream = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        try:
+            parts.append(stream.decompress(blob))
+        except zlib.error as err:
+            return b"".join(parts), f"not valid gzip ({err})"
+        if not stream.eof:
+            return b"".join(parts + [stream.flush()]), "the gzip stream ends early (truncated)"
+        blob = stream.unused_data.lstrip(b"\0")  # gzip tolerates zero padding at the end
+    return b"".join(parts), None
 
 
-def verify(path, expected):
-    """Return the decompressed bytes of `path` if their SHA-256 is `expected`; else raise naming both."""
-    raw = read_gz(path)
+def verify(path, expected, label=None):
+    """Return the decompressed bytes of `path` if their SHA-256 is `expected`; else raise naming the file
+    (or `label`, e.g. the URL of a download) and both hashes."""
+    raw, problem = gunzip(Path(path).read_bytes())
     actual = hashlib.sha256(raw).hexdigest()
     if actual != expected:
         raise ChecksumError(
-            f"{path}: checksum mismatch (SHA-256 of the decompressed content)\n"
+            f"{label or path}: checksum mismatch (SHA-256 of the decompressed content)\n"
             f"  expected {expected}\n  actual   {actual}\n"
-            "The file is altered or truncated: replace it with the original."
+            + (f"  {problem}\n" if problem else "")
+            + "The file is altered or truncated: replace it with the original."
         )
     return raw
 
@@ -95,9 +110,11 @@ def download_verified(file_name, dest, expected, mirrors, timeout=60):
             with atomic_path(dest) as tmp:
                 with urllib.request.urlopen(url, timeout=timeout) as response, open(tmp, "wb") as out:
                     shutil.copyfileobj(response, out)
-                verify(tmp, expected)
+                verify(tmp, expected, label=url)
             return url
-        except (urllib.error.URLError, OSError, ChecksumError) as err:
+        except ChecksumError as err:
+            errors.append(f"  {err}")  # already names the URL
+        except (urllib.error.URLError, OSError) as err:
             errors.append(f"  {url}: {err}")
     raise DataSourceError(f"could not fetch {file_name} from any mirror:\n" + "\n".join(errors))
 

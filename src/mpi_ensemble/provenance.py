@@ -9,7 +9,10 @@ import sys
 from importlib import metadata
 
 PACKAGES = ("tensorflow-cpu", "tensorflow", "keras", "numpy", "mpi4py", "mpich", "snakemake", "pandas", "matplotlib")
-SCHEDULER_ENV = ("SLURM_JOB_ID", "SLURM_NTASKS", "SLURM_CPUS_PER_TASK", "SLURM_PROCID", "SLURM_NODELIST")
+# Which SLURM job, step and task a number came from (sacct may be off, so the record keeps them).
+SCHEDULER_ENV = (
+    "SLURM_JOB_ID", "SLURM_STEP_ID", "SLURM_NTASKS", "SLURM_CPUS_PER_TASK", "SLURM_PROCID", "SLURM_NODELIST"
+)
 
 
 def cpu_model():

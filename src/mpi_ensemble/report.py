@@ -65,9 +65,21 @@ def add_relative_columns(rows):
     return rows
 
 
+def extra_rows(results, benchmarks=(), timed=()):
+    """Rows of the methods beyond the paper (vote variants, data_parallel with their job's benchmark; single_shard
+    with the job_seconds it carries), all in the ensemble's result format."""
+    if len(results) != len(benchmarks):
+        raise ValueError(f"{len(results)} extra results but {len(benchmarks)} benchmarks; they must pair up")
+    rows = [ensemble_row(io.read_json(res), read_benchmark_seconds(b)) for res, b in zip(results, benchmarks)]
+    for path in timed:
+        result = io.read_json(path)
+        rows.append(ensemble_row(result, result["job_seconds"]))
+    return rows
+
+
 def cores_used(row, cores):
     """Cores the row's training could use: threads per rank times ranks, at most the job's cores."""
-    threads = cores if row["threads"] == "all" else int(row["threads"])
+    threads = cores if row.get("threads") in ("all", None) else int(row["threads"])
     return min(row["ranks"] * threads, cores)
 
 
@@ -84,9 +96,10 @@ def add_throughput_columns(rows, cores):
     return rows
 
 
-def build_rows(sequential, ensembles, cores):
+def build_rows(sequential, ensembles, cores, extra=()):
     rows = [sequential_row(io.read_json(rec), read_benchmark_seconds(b), cores) for rec, b in sequential]
     rows += [ensemble_row(io.read_json(res), read_benchmark_seconds(b)) for res, b in ensembles]
+    rows += list(extra)
     rows.sort(key=lambda r: (r["method"] != "sequential", r["method"], r["ranks"], str(r["threads"]), r["seed"]))
     return add_throughput_columns(add_relative_columns(rows), cores)
 
@@ -120,6 +133,8 @@ def run(args):
         list(zip(args.sequential, args.sequential_benchmarks)),
         list(zip(args.ensemble, args.ensemble_benchmarks)),
         args.cores,
+        extra_rows(getattr(args, "extra_results", None) or [], getattr(args, "extra_benchmarks", None) or [],
+                   getattr(args, "timed_results", None) or []),
     )
     io.write_text(args.summary, to_csv(rows))
     first = io.read_json(args.sequential[0])

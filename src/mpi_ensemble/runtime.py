@@ -17,6 +17,19 @@ def available_cores():
     return len(os.sched_getaffinity(0))
 
 
+def slurm_cpus_on_node(environ=None):
+    """CPUs this SLURM job holds on this node (SLURM_CPUS_ON_NODE); None outside a SLURM job."""
+    value = (os.environ if environ is None else environ).get("SLURM_CPUS_ON_NODE", "")
+    return int(value) if value.isdigit() and int(value) > 0 else None
+
+
+def job_cores(requested=None, environ=None):
+    """Cores a job may claim: those it was given (--cores), never more than its SLURM allocation holds on this
+    node (a site without task confinement lets the batch step see the whole node); else this process's cores."""
+    limits = [c for c in (requested, slurm_cpus_on_node(environ)) if c]
+    return min(limits) if limits else available_cores()
+
+
 def threads_per_rank(cores, ranks):
     """Split the job's cores evenly; never below one thread, so N > cores oversubscribes by whole ranks."""
     return max(1, cores // ranks)
@@ -100,6 +113,18 @@ def binding_args(flavour, threads, bind):
 def launch_command(launcher, flavour, ranks, threads, bind):
     """The full `mpiexec -n N ...` prefix; rank processes follow it."""
     return [launcher, "-n", str(ranks), *binding_args(flavour, threads, bind)]
+
+
+def scheduler_launch_command(parts, ranks, threads):
+    """A scheduler's launcher (`srun --mpi=pmi2`, ...) plus the world size; srun also gets each rank's CPUs, as
+    since SLURM 22.05 a step no longer inherits the job's --cpus-per-task. An empty launcher runs the single rank
+    as an MPI singleton."""
+    if not parts:
+        if ranks != 1:
+            raise ValueError(f"an empty MPI launcher can only run 1 rank, not {ranks}; set the rule's `mpi` resource")
+        return []
+    extra = [f"--cpus-per-task={threads}"] if os.path.basename(parts[0]) == "srun" else []
+    return [*parts, "-n", str(ranks), *extra]
 
 
 def bind_self(threads):

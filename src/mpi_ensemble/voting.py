@@ -23,3 +23,33 @@ def majority_vote(labels, classes):
     top = counts.max(axis=1)
     ties = (counts == top[:, None]).sum(axis=1) > 1
     return counts.argmax(axis=1), ties
+
+
+def soft_vote(probabilities):
+    """Mean of the members' softmax outputs, then argmax: probabilities (members, n, classes) -> (n,) labels.
+
+    Exact ties of the mean (practically never with float outputs) go to the lowest class, as argmax does.
+    """
+    probabilities = np.asarray(probabilities, dtype=np.float64)
+    if probabilities.ndim != 3:
+        raise ValueError(f"expected (members, images, classes) probabilities, got shape {probabilities.shape}")
+    return probabilities.mean(axis=0).argmax(axis=1)
+
+
+def majority_vote_tiebreak(probabilities):
+    """Majority of the members' argmax labels; a tie goes to the tied class with the largest summed probability.
+
+    Returns the winners and the mask of tied images (the same ties `majority_vote` counts, now broken by
+    confidence instead of by the lowest class).
+    """
+    probabilities = np.asarray(probabilities, dtype=np.float64)
+    if probabilities.ndim != 3:
+        raise ValueError(f"expected (members, images, classes) probabilities, got shape {probabilities.shape}")
+    classes = probabilities.shape[2]
+    counts = vote_counts(probabilities.argmax(axis=2), classes)
+    top = counts.max(axis=1, keepdims=True)
+    tied_classes = counts == top
+    ties = tied_classes.sum(axis=1) > 1
+    # Among the classes holding the top vote count only, pick the one the members are most confident in.
+    confidence = np.where(tied_classes, probabilities.sum(axis=0), -np.inf)
+    return confidence.argmax(axis=1), ties

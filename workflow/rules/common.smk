@@ -3,17 +3,29 @@ import sys
 from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
+from snakemake.logging import logger
 from snakemake.settings.types import DeploymentMethod
 from snakemake.utils import min_version, validate
 
 min_version("9.0")
 
 
+def cli_scalar(value):
+    """A number typed in `--config key=[...]`, as a number, so the schema judges its value (e.g. -2 is
+    below the minimum), not its type; anything else stays as written."""
+    for kind in (int, float):
+        try:
+            return kind(value)
+        except ValueError:
+            pass
+    return value
+
+
 def coerce_cli_lists(cfg):
     """`--config ranks=[1,2]` arrives as a list of strings (Snakemake parses it as plain YAML text)."""
     for key, value in cfg.items():
         if isinstance(value, list):
-            cfg[key] = [int(v) if isinstance(v, str) and v.isdigit() else v for v in value]
+            cfg[key] = [cli_scalar(v) if isinstance(v, str) else v for v in value]
 
 
 coerce_cli_lists(config)
@@ -38,22 +50,48 @@ FILES = datasets.file_names(DATASET)
 RANKS = sorted(set(config["ranks"]))
 SEEDS = sorted(set(config["seeds"]))
 BASELINE_THREADS = [str(t) for t in config["baseline_threads"]]
-# Cores of this machine that Snakemake may use; training jobs claim all of them so timings never overlap.
-CORES = workflow.cores if isinstance(workflow.cores, int) else runtime.available_cores()
+# Cores a training job claims so that timings never overlap: --cores (all, by the default profile); inside a
+# SLURM job what it was allocated on its node; submitting to SLURM without --cores, this machine's.
+CORES = runtime.job_cores(workflow.resource_settings.cores)
 
 
 def check_subset_sizes():
-    """Refuse, before any job, a rank count that leaves a shard too small to train and validate on."""
+    """Refuse, before any job, a rank count that leaves a shard with nothing to train on once the
+    validation part is cut off."""
     n_train = config["max_train_images"] or 60000
+    split = config["validation_split"]
     for n in RANKS:
-        if n_train // n < 2:
+        shard = n_train // n
+        fit_images = data.validation_split_index(shard, split)
+        if fit_images < 1:
             raise WorkflowError(
-                f"ranks {n} with {n_train} training images leaves shards of {n_train // n} image(s); "
-                "lower the ranks or raise max_train_images"
+                f"ranks {n} with {n_train} training images leaves shards of {shard} image(s), "
+                f"{fit_images} to train on after validation_split {split}; "
+                "lower the ranks, raise max_train_images or lower validation_split"
             )
 
 
 check_subset_sizes()
+
+
+def warn_oversubscribed():
+    """Ranks beyond the cores still run (unbound, one thread each), but their timings mean little: say so."""
+    over = [
+        n
+        for n in RANKS
+        if runtime.is_oversubscribed(
+            n, config["threads_per_rank"] or runtime.threads_per_rank(CORES, n), CORES
+        )
+    ]
+    if over:
+        logger.warning(
+            f"Warning: ranks {', '.join(map(str, over))} exceed the {CORES} core(s) Snakemake may use; "
+            "those jobs run oversubscribed (marked so in results/summary.csv) and their times do not "
+            "measure scaling. Give more --cores or use fewer ranks for honest timings."
+        )
+
+
+warn_oversubscribed()
 
 
 def data_source_dir():
@@ -84,8 +122,14 @@ def launch_prefix(wildcards, resources, threads):
     """`mpiexec -n N` plus binding flags; binding only when the ranks fit on the job's cores."""
     n = int(resources.tasks)
     parts = str(resources.mpi).split()
-    if Path(parts[0]).name not in ("mpiexec", "mpirun"):
-        return f"{resources.mpi} -n {n}"  # srun and friends bind by their own options
+    if not parts or Path(parts[0]).name not in ("mpiexec", "mpirun"):
+        # srun and friends bind by their own options
+        try:
+            return " ".join(
+                runtime.scheduler_launch_command(parts, n, int(resources.cpus_per_task))
+            )
+        except ValueError as err:
+            raise WorkflowError(str(err))
     try:
         launcher = runtime.find_launcher(parts[0], search_path=JOB_PATH)
     except FileNotFoundError as err:
@@ -130,3 +174,23 @@ def rank_models(wildcards):
             rank=range(n),
         ),
     }
+
+
+def saved_models():
+    """Every saved model and its record. They are results in their own right, so `all` asks for them:
+    Snakemake takes a deleted intermediate file for fine, and would neither retrain a deleted model nor
+    redo the ensemble and report that used it."""
+    members = [
+        f"results/models/ranks{n}/seed{s}/rank{r}.{ext}"
+        for n in RANKS
+        for s in SEEDS
+        for r in range(n)
+        for ext in ("keras", "json")
+    ]
+    baselines = expand(
+        "results/sequential/threads{threads}/seed{seed}/{file}",
+        threads=BASELINE_THREADS,
+        seed=SEEDS,
+        file=("model.keras", "record.json"),
+    )
+    return members + baselines

@@ -22,6 +22,10 @@ rule report:
             seed=SEEDS,
         ),
         paper="paper/reported_results.csv",
+        # Methods beyond the paper (controls.smk).
+        extra_results=[result for result, _ in EXTRA_RESULTS],
+        extra_benchmarks=[bench for _, bench in EXTRA_RESULTS],
+        timed_results=TIMED_RESULTS,
     output:
         summary=report(
             "results/summary.csv",
@@ -61,4 +65,6 @@ rule report:
         "--ensemble-benchmarks {input.ensemble_benchmarks} --paper {input.paper} --cores {params.cores} "
         "--summary {output.summary} --provenance {output.provenance} "
         "--fig-sequential {output.fig_sequential} --fig-scaling {output.fig_scaling} "
-        "--fig-speedup {output.fig_speedup} --fig-rank-times {output.fig_rank_times} > {log} 2>&1"
+        "--fig-speedup {output.fig_speedup} --fig-rank-times {output.fig_rank_times} "
+        "--extra-results {input.extra_results} --extra-benchmarks {input.extra_benchmarks} "
+        "--timed-results {input.timed_results} > {log} 2>&1"

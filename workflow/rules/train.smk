@@ -61,9 +61,11 @@ for n in RANKS:
         resources:
             mpi="mpiexec",
             tasks=n,
+            # Each rank's CPUs; under SLURM, --cpus-per-task (else the plugin asks for `threads` per rank: N²).
+            cpus_per_task=threads_per_rank(n),
         params:
             out_dir=lambda wc, output: os.path.dirname(output.models[0]),
-            threads=threads_per_rank(n),
+            threads=lambda wc, resources: resources.cpus_per_task,
             launch=launch_prefix,
             training=TRAINING_ARGS,
         shell:

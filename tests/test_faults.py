@@ -1,0 +1,550 @@
+"""Faults and bad input (issue 6): each case is provoked for real and its outcome checked.
+
+Cases 1-3, 7b and 8 fail while Snakemake parses the workflow or in the first job, so they run on throwaway
+project copies. Cases 4-7a share one small project (`trained`: 2,000/500 images, 1 epoch, ranks 2 and 3 on
+2 cores, so ranks 3 is oversubscribed); each of those tests puts the project into the state it needs, and
+pytest runs them in file order so that each starts from the last one's complete results.
+"""
+
+import ast
+import csv
+import hashlib
+import io as stdio
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import sysconfig
+import textwrap
+import time
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import BIN, BUNDLED, ROOT, project_copy, snakemake
+
+pytestmark = pytest.mark.workflow
+
+FAULTS = ["max_train_images=2000", "max_test_images=500", "epochs=1", "ranks=[2,3]", "seeds=[0]",
+          "baseline_threads=[1]"]
+FILES = ["train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz",
+         "t10k-labels-idx1-ubyte.gz"]
+MODELS2 = Path("results/models/ranks2/seed0")
+MODELS3 = Path("results/models/ranks3/seed0")
+PROBS2 = Path("results/ensemble/ranks2/seed0/probabilities.npy")
+PROBS3 = Path("results/ensemble/ranks3/seed0/probabilities.npy")
+# Outputs that no case below should ever recompute once the first run made them.
+KEPT = ["results/data/mnist/train_x.npy", "results/sequential/threads1/seed0/model.keras",
+        "results/models/ranks3/seed0/rank0.keras"]
+
+
+def text_of(result):
+    return result.stdout + result.stderr
+
+
+def note(case, text, needle):
+    """Print (pytest -s) the line of `text` holding `needle`: the observed message for the issue's record."""
+    line = next((line.strip() for line in text.splitlines() if needle in line), None)
+    print(f"\ncase {case}: {line}")
+
+
+def job_plan(text):
+    """{rule: count} from the first 'Job stats' table Snakemake prints; {} when there is nothing to do."""
+    if "Job stats:" not in text:
+        return {}
+    lines = text.split("Job stats:", 1)[1].splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("---")) + 1
+    plan = {}
+    for line in lines[start:]:
+        parts = line.split()
+        if len(parts) != 2 or parts[0] == "total":
+            break
+        plan[parts[0]] = int(parts[1])
+    return plan
+
+
+def trainings(plan):
+    """The jobs of a plan that make data or train a model: the expensive ones a recovery must not redo."""
+    return {job for job in plan if job.startswith("train_") or job in ("fetch_data", "preprocess")}
+
+
+def rank_processes(work):
+    """PIDs of this project's rank processes (and their launcher) still alive."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            cwd = os.readlink(proc / "cwd")
+        except OSError:
+            continue
+        if "mpi_ensemble.cli ranks" in cmd and cwd == str(Path(work).resolve()):
+            pids.append(int(proc.name))
+    return pids
+
+
+def wait_for(condition, timeout, what):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.1)
+
+
+def start_snakemake(work, *args):
+    """Snakemake in the background, in its own process group (so a test can Ctrl-C it like a terminal)."""
+    cmd = [str(BIN / "snakemake"), "--cores", "2", *args]
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    return subprocess.Popen(cmd, cwd=work, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+
+
+def finish(proc, timeout):
+    out, _ = proc.communicate(timeout=timeout)
+    return out
+
+
+def looks_complete(path):
+    """Would a user (or Snakemake) take this file for a finished output?"""
+    return path.is_file() and not path.name.startswith(".")
+
+
+def complete_files(folder):
+    return sorted(p.name for p in folder.iterdir() if looks_complete(p)) if folder.exists() else []
+
+
+def mtimes(work, paths):
+    return {p: (work / p).stat().st_mtime_ns for p in paths}
+
+
+# ---------------------------------------------------------------- throwaway copies: input and config errors
+
+
+@pytest.fixture(scope="module")
+def blank(tmp_path_factory):
+    """A fresh clone that has never run: every refusal below must leave it that way."""
+    return project_copy(tmp_path_factory.mktemp("blank"))
+
+
+def assert_nothing_ran(work):
+    for name in ("results", "resources", "logs"):
+        assert not (work / name).exists(), f"{name}/ was created although the run was refused"
+
+
+def refuse(work, *args, env=None):
+    out = snakemake(work, "--config", *FAULTS, *args, check=False, env=env)
+    assert out.returncode != 0, text_of(out)
+    assert_nothing_ran(work)
+    return text_of(out)
+
+
+@pytest.mark.parametrize(
+    "override, key, why",
+    [("ranks=[0]", "ranks", "less than the minimum of 1"),
+     ("ranks=[-2]", "ranks", "-2 is less than the minimum of 1"),
+     ("ranks=[1.5]", "ranks", "1.5 is not of type 'integer'"),
+     ("seeds=[-1]", "seeds", "less than the minimum of 0"),
+     ("epochs=0", "epochs", "less than the minimum of 1"),
+     ("epochs=1.5", "epochs", "not of type 'integer'"),
+     ("batch_size=-4", "batch_size", "less than the minimum of 1"),
+     ("max_train_images=-100", "max_train_images", "less than the minimum of 1"),
+     ("threads_per_rank=0", "threads_per_rank", "less than the minimum of 1"),
+     ("validation_split=1.5", "validation_split", "greater than or equal to the maximum of 1"),
+     ("validation_split=-0.1", "validation_split", "less than the minimum of 0"),
+     ("bogus_key=1", "bogus_key", "Additional properties are not allowed"),
+     ("dataset=cifar", "dataset", "'cifar' is not one of ['mnist'")],
+)
+def test_invalid_config_is_refused_before_any_job(blank, override, key, why):
+    """Case 3: the schema refuses the value at parse time, naming the key; nothing is created."""
+    text = refuse(blank, override)
+    note(3, text, "ValidationError")
+    assert "Error validating config" in text and why in text
+    assert f"['{key}']" in text or f"'{key}'" in text  # the schema path (or the unknown key) names it
+
+
+def test_invalid_config_file_is_refused_naming_the_key(blank, tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("epochs: five\n")
+    out = snakemake(blank, "--configfile", str(bad), check=False)
+    assert out.returncode != 0
+    assert "'five' is not of type 'integer'" in text_of(out) and "['epochs']" in text_of(out)
+    assert_nothing_ran(blank)
+
+
+def test_missing_data_dir_or_files_listed_in_one_error(blank, tmp_path):
+    """Case 2: one error that lists what is missing and where it looked."""
+    nowhere = tmp_path / "nowhere"
+    text = refuse(blank, f"data_dir={nowhere}")
+    note(2, text, "does not exist")
+    assert f"data_dir {nowhere} does not exist" in text and all(name in text for name in FILES)
+    partial = tmp_path / "partial"
+    partial.mkdir()
+    for name in FILES[:2]:
+        shutil.copy(BUNDLED / name, partial / name)
+    text = refuse(blank, f"data_dir={partial}")
+    note(2, text, "lacks")
+    assert f"data_dir {partial} lacks 2 file(s): {FILES[2]}, {FILES[3]}." in text
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [(["ranks=[4]", "max_train_images=6"], "ranks 4 with 6 training images leaves shards of 1 image(s), 0 to train on"),
+     (["ranks=[2]", "max_train_images=4", "validation_split=0.6"],
+      "ranks 2 with 4 training images leaves shards of 2 image(s), 0 to train on after validation_split 0.6")],
+)
+def test_more_ranks_than_the_subset_allows_is_refused(blank, overrides, message):
+    """Case 7b: a shard left with nothing to train on is refused before any job, saying what to change."""
+    text = refuse(blank, *overrides)
+    note("7b", text, "leaves shards")
+    assert message in text and "lower the ranks, raise max_train_images" in text
+
+
+def test_missing_launcher_says_how_to_install(blank, tmp_path):
+    """Case 8, both ways a user meets it: a Python environment without MPI (Snakemake installed elsewhere,
+    no mpiexec on PATH), and a launcher named through --set-resources that does not exist."""
+    no_mpi = tmp_path / "no-mpi-env"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(no_mpi)], check=True)
+    path = os.pathsep.join(d for d in os.environ["PATH"].split(os.pathsep)
+                           if d and not (Path(d) / "mpiexec").exists() and Path(d).resolve() != BIN.resolve())
+    env = {**os.environ, "PATH": path, "PYTHONPATH": sysconfig.get_paths()["purelib"], "TF_CPP_MIN_LOG_LEVEL": "2"}
+    assert shutil.which("mpiexec", path=f"{no_mpi / 'bin'}{os.pathsep}{path}") is None
+    out = subprocess.run([str(no_mpi / "bin" / "python"), "-m", "snakemake", "--cores", "2", "--config", *FAULTS],
+                         cwd=blank, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode != 0
+    note(8, text_of(out), "MPI launcher")
+    assert "MPI launcher 'mpiexec' is not on PATH" in text_of(out) and "pip package `mpich`" in text_of(out)
+    assert_nothing_ran(blank)
+
+    text = refuse(blank, "--set-resources", "train_mpi_ranks2:mpi=/opt/nowhere/bin/mpiexec")
+    assert "MPI launcher '/opt/nowhere/bin/mpiexec' is not on PATH" in text and "pip package `mpich`" in text
+
+
+def test_altered_or_truncated_data_refused_before_training(tmp_path):
+    """Case 1: a file in data_dir altered, and a download cut short: refused in fetch_data with the name and
+    both hashes; nothing stays in resources/ and no training starts."""
+    work = project_copy(tmp_path / "work")
+    source = tmp_path / "data"
+    source.mkdir()
+    for name in FILES:
+        shutil.copy(BUNDLED / name, source / name)
+    altered = bytearray(gzip_decompress(BUNDLED / FILES[1]))
+    altered[5000] ^= 1  # one label changed, the file still a valid gzip
+    write_gzip(source / FILES[1], bytes(altered))
+    out = snakemake(work, "--config", *FAULTS, f"data_dir={source}", check=False)
+    text = text_of(out)
+    assert out.returncode != 0
+    expected = hashlib.sha256(gzip_decompress(BUNDLED / FILES[1])).hexdigest()
+    for needle in ("checksum mismatch", "expected", "actual"):
+        note(1, text, needle)
+    assert f"{source / FILES[1]}: checksum mismatch" in text
+    assert f"expected {expected}" in text and f"actual   {hashlib.sha256(altered).hexdigest()}" in text
+    assert_no_data_and_no_training(work)
+
+    # A mirror that serves a half-written file: what an interrupted download leaves.
+    for name in FILES:
+        (work / "data" / "mnist" / name).unlink()  # no bundled copy: fetch_data downloads
+    shutil.rmtree(work / "logs")
+    mirror = tmp_path / "mirror"
+    mirror.mkdir()
+    for name in FILES:
+        shutil.copy(BUNDLED / name, mirror / name)
+    full = (BUNDLED / FILES[2]).read_bytes()
+    (mirror / FILES[2]).write_bytes(full[: len(full) // 2])
+    out = snakemake(work, "--config", *FAULTS, f"mirrors=[file://{mirror}]", check=False)
+    text = text_of(out)
+    assert out.returncode != 0
+    for needle in ("checksum mismatch", "ends early"):
+        note(1, text, needle)
+    assert f"file://{mirror}/{FILES[2]}: checksum mismatch" in text and "ends early (truncated)" in text
+    expected = hashlib.sha256(gzip_decompress(BUNDLED / FILES[2])).hexdigest()
+    assert f"expected {expected}" in text and "actual   " in text
+    assert_no_data_and_no_training(work)
+
+
+def gzip_decompress(path):
+    import gzip
+
+    return gzip.decompress(Path(path).read_bytes())
+
+
+def write_gzip(path, raw):
+    import gzip
+
+    Path(path).write_bytes(gzip.compress(raw, mtime=0))
+
+
+def assert_no_data_and_no_training(work):
+    left = [p for p in (work / "resources").rglob("*") if p.is_file()] if (work / "resources").exists() else []
+    assert left == [], f"files left in resources/: {left}"
+    assert not (work / "results" / "data").exists() and not (work / "results" / "models").exists()
+
+
+# ---------------------------------------------------------------------------- atomic writes (case 9)
+
+WRITER = textwrap.dedent("""
+    import sys, time
+    import numpy as np
+    from mpi_ensemble import io
+
+    real_save = np.save
+
+    def save_then_hang(handle, array):
+        # Write half the payload for real, then stall so the parent can SIGKILL us mid-write.
+        real_save(handle, array[: len(array) // 2])
+        handle.flush()
+        print("half written", flush=True)
+        time.sleep(600)
+
+    np.save = save_then_hang
+    io.write_npy(sys.argv[1], np.arange(1_000_000, dtype=np.float32))
+""")
+
+
+@pytest.mark.parametrize("existing", [False, True])
+def test_writer_killed_mid_write_leaves_no_half_file(tmp_path, existing):
+    """Case 9: SIGKILL a real writer halfway through io.write_npy: the destination is absent (or still the
+    previous complete file); only a dot-named temporary remains, which nobody mistakes for the output."""
+    dest = tmp_path / "out" / "train_x.npy"
+    dest.parent.mkdir()
+    old = np.arange(10, dtype=np.float32)
+    if existing:
+        np.save(dest, old)
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    proc = subprocess.Popen([sys.executable, "-c", WRITER, str(dest)], stdout=subprocess.PIPE, text=True, env=env)
+    assert proc.stdout.readline().strip() == "half written"
+    temporaries = list(dest.parent.glob(".train_x.tmp*.npy"))
+    assert len(temporaries) == 1 and temporaries[0].stat().st_size > 1_000_000  # really mid-write
+    proc.kill()
+    proc.wait(timeout=30)
+    print(f"\ncase 9: killed mid-write; left {sorted(p.name for p in dest.parent.iterdir())}")
+    if existing:
+        np.testing.assert_array_equal(np.load(dest), old)
+    else:
+        assert not dest.exists()
+    assert complete_files(dest.parent) == (["train_x.npy"] if existing else [])
+
+
+PACKAGE = {p.stem for p in (ROOT / "src" / "mpi_ensemble").glob("*.py")}
+
+
+def writes_in(tree):
+    """(line, destination expression) of every call in `tree` that creates or overwrites a file."""
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Call):
+            continue
+        func = node.func
+        if isinstance(func, ast.Name):
+            if func.id == "open":
+                mode = node.args[1] if len(node.args) > 1 else next(
+                    (k.value for k in node.keywords if k.arg == "mode"), None)
+                if isinstance(mode, ast.Constant) and set(str(mode.value)) & set("wax+"):
+                    yield node.lineno, node.args[0]
+            continue
+        if not isinstance(func, ast.Attribute) or (isinstance(func.value, ast.Name) and func.value.id in PACKAGE):
+            continue  # io.write_json, plots.save: the package's own writers, audited in their modules
+        name = func.attr
+        if name == "open" and len(node.args) > 1 and isinstance(node.args[1], ast.Constant) \
+                and set(str(node.args[1].value)) & set("wax+"):
+            yield node.lineno, node.args[0]  # gzip.open(path, "wb") and the like
+        elif name in ("save", "savefig", "savez", "savez_compressed", "to_csv", "dump") and node.args:
+            yield node.lineno, node.args[0]
+        elif name in ("copyfile", "copy", "copy2", "move") and len(node.args) > 1:
+            yield node.lineno, node.args[1]
+        elif name in ("write_text", "write_bytes", "touch"):
+            target = func.value  # Path(x).write_text(...): x is written
+            if isinstance(target, ast.Call) and getattr(target.func, "id", "") == "Path" and target.args:
+                target = target.args[0]
+            yield node.lineno, target
+
+
+def atomic_names(tree):
+    """Names bound by `with atomic_path(...) as NAME`, and file handles opened on them."""
+    names, grew = set(), True
+    while grew:
+        grew = False
+        for node in ast.walk(tree):
+            if not isinstance(node, ast.With):
+                continue
+            for item in node.items:
+                call, var = item.context_expr, item.optional_vars
+                if not (isinstance(call, ast.Call) and isinstance(var, ast.Name)) or var.id in names:
+                    continue
+                func = call.func
+                fname = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
+                if fname == "atomic_path" or (
+                    fname == "open" and call.args and isinstance(call.args[0], ast.Name) and call.args[0].id in names
+                ):
+                    names.add(var.id)
+                    grew = True
+    return names
+
+
+def test_every_output_is_written_through_atomic_path():
+    """Case 9, everywhere: each call in the package that writes a file writes a temporary of atomic_path."""
+    offenders, found = [], 0
+    for source in sorted((ROOT / "src" / "mpi_ensemble").glob("*.py")):
+        tree = ast.parse(source.read_text())
+        allowed = atomic_names(tree)
+        for line, dest in writes_in(tree):
+            found += 1
+            if not (isinstance(dest, ast.Name) and dest.id in allowed):
+                offenders.append(f"{source.name}:{line}: writes {ast.unparse(dest)} directly")
+    assert offenders == [], "\n".join(offenders)
+    assert found >= 6  # copies, downloads, figures, models, bytes and arrays: all seen
+    # The check can fail: direct writes are caught.
+    bad = ast.parse("with open(path, 'w') as h:\n    h.write('x')\nfig.savefig(out)\nPath(p).write_text('x')\n"
+                    "with atomic_path(path) as tmp:\n    net.save(tmp)\n")
+    assert [ast.unparse(d) for _, d in sorted(writes_in(bad), key=lambda w: w[0])] == ["path", "out", "p", "tmp"]
+    assert atomic_names(bad) == {"tmp"}
+
+
+# ------------------------------------------------------------- one trained project: cases 4, 5, 6, 7a, 10
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """The whole workflow once, uninterrupted: the reference every recovery must reproduce."""
+    work = project_copy(tmp_path_factory.mktemp("trained"))
+    out = snakemake(work, "--config", *FAULTS)
+    return {
+        "work": work,
+        "output": text_of(out),
+        "probs2": np.load(work / PROBS2),
+        "probs3": np.load(work / PROBS3),
+        "summary": (work / "results" / "summary.csv").read_text(),
+        "kept": mtimes(work, KEPT),
+    }
+
+
+def accuracy_by_row(summary):
+    return {(r["method"], r["ranks"], r["threads"]): r["accuracy"] for r in csv.DictReader(stdio.StringIO(summary))}
+
+
+def assert_same_results_as_uninterrupted(trained):
+    work = trained["work"]
+    np.testing.assert_allclose(np.load(work / PROBS2), trained["probs2"], atol=1e-6)
+    np.testing.assert_allclose(np.load(work / PROBS3), trained["probs3"], atol=1e-6)
+    assert accuracy_by_row((work / "results" / "summary.csv").read_text()) == accuracy_by_row(trained["summary"])
+    assert mtimes(work, KEPT) == trained["kept"], "an output that was complete has been recomputed"
+
+
+def test_more_ranks_than_cores_runs_oversubscribed_with_a_warning(trained):
+    """Case 7a: 3 ranks on 2 cores run, warned about at parse time and by rank 0, marked in summary.csv."""
+    note("7a", trained["output"], "Warning: ranks")
+    assert "Warning: ranks 3 exceed the 2 core(s) Snakemake may use" in trained["output"]
+    log = (trained["work"] / "logs" / "train_mpi" / "ranks3" / "seed0.log").read_text()
+    assert "warning: 3 ranks x 1 thread(s) exceed the job's 2 cores" in log
+    rows = csv.DictReader(stdio.StringIO(trained["summary"]))
+    oversubscribed = {(r["method"], r["ranks"]): r["oversubscribed"] for r in rows}
+    assert {("sequential", "1"), ("ensemble_majority", "2"), ("ensemble_majority", "3")} <= set(oversubscribed)
+    # Every result of a 3-rank job is marked, and nothing else.
+    assert {key: flag for key, flag in oversubscribed.items()} == {
+        (method, n): "true" if n == "3" else "false" for method, n in oversubscribed}
+
+
+def test_rank_crash_fails_the_whole_job_fast_and_only_that_job_reruns(trained):
+    """Case 4: rank 1 of 2 raises after its epoch; mpiexec takes down rank 0 too (no hang at the barrier),
+    Snakemake removes the job's outputs, and the next run plans that job and what depends on it, nothing else."""
+    work = trained["work"]
+    started = time.time()
+    out = snakemake(work, "--config", *FAULTS, "--forcerun", "train_mpi_ranks2",
+                    env={"MPI_ENSEMBLE_CRASH_RANK": "1"}, check=False, timeout=300)
+    ended = time.time()
+    assert out.returncode != 0
+    log = (work / "logs" / "train_mpi" / "ranks2" / "seed0.log").read_text()
+    crash_line = next(line for line in log.splitlines() if "crash injected through MPI_ENSEMBLE_CRASH_RANK" in line)
+    crashed_at = float(crash_line.rsplit("unix time ", 1)[1].split()[0])
+    abort_seconds = ended - crashed_at
+    print(f"\ncase 4: {crash_line.strip()!r}; Snakemake exited {abort_seconds:.1f} s after the crash "
+          f"({ended - started:.1f} s in all)")
+    assert started < crashed_at < ended and abort_seconds < 30
+    assert "Error in rule train_mpi_ranks2" in text_of(out)
+    wait_for(lambda: not rank_processes(work), 10, "no rank process to survive the crash")
+    assert complete_files(work / MODELS2) == []
+
+    plan = job_plan(text_of(snakemake(work, "--config", *FAULTS, "-n")))
+    assert trainings(plan) == {"train_mpi_ranks2"} and plan["train_mpi_ranks2"] == 1
+    assert plan["ensemble"] == 1 and plan["report"] == 1
+
+
+def test_interrupted_run_resumes_to_the_same_results_and_a_second_run_is_locked_out(trained):
+    """Case 5 (SIGINT to the process group, as Ctrl-C; SIGTERM to Snakemake alone, as `kill`) and case 10
+    (a second Snakemake in the same directory while the first one trains)."""
+    work = trained["work"]
+    # Resuming relies on rerun-incomplete from the default profile, which Snakemake must have found.
+    assert "Using workflow specific profile profiles/default" in trained["output"]
+    shutil.rmtree(work / MODELS2, ignore_errors=True)  # the state case 4 leaves, even when run alone
+    log = work / "logs" / "train_mpi" / "ranks2" / "seed0.log"
+    log.unlink(missing_ok=True)
+
+    first = start_snakemake(work, "--config", *FAULTS)
+    try:
+        wait_for(lambda: log.exists() and rank_processes(work), 120, "the ranks to start")
+        # Case 10: a second run in the same directory, while the first one trains.
+        second = snakemake(work, "--config", *FAULTS, check=False)
+        note(10, text_of(second), "Directory cannot be locked")
+        assert second.returncode != 0 and "LockException" in text_of(second)
+        assert "Directory cannot be locked" in text_of(second) and first.poll() is None
+        time.sleep(2)  # well inside TensorFlow's start and the training
+        interrupted = time.monotonic()
+        os.killpg(first.pid, signal.SIGINT)
+        output = finish(first, 120)
+        print(f"\ncase 5: SIGINT -> Snakemake exited after {time.monotonic() - interrupted:.1f} s")
+    finally:
+        if first.poll() is None:
+            os.killpg(first.pid, signal.SIGKILL)
+    note(5, output, "Terminating processes")
+    assert first.returncode != 0 and "Terminating processes on user request" in output
+    wait_for(lambda: not rank_processes(work), 10, "no rank process to survive Ctrl-C")
+    locks = work / ".snakemake" / "locks"
+    assert not locks.exists() or not list(locks.iterdir()), "the interrupted run left its lock"
+    assert job_plan(text_of(snakemake(work, "--config", *FAULTS, "-n")))["train_mpi_ranks2"] == 1
+
+    # SIGTERM: Snakemake lets the running job finish, starts nothing new, and exits.
+    before = (work / PROBS2).stat().st_mtime_ns  # the first run's ensemble, still there
+    first = start_snakemake(work, "--config", *FAULTS)
+    try:
+        wait_for(lambda: rank_processes(work), 120, "the ranks to start")
+        first.send_signal(signal.SIGTERM)
+        output = finish(first, 300)
+    finally:
+        if first.poll() is None:
+            os.killpg(first.pid, signal.SIGKILL)
+    note(5, output, "Will exit after finishing")
+    assert "Will exit after finishing currently running jobs" in output
+    assert all(zipfile.is_zipfile(work / MODELS2 / f"rank{r}.keras") for r in range(2))
+    assert (work / PROBS2).stat().st_mtime_ns == before  # the ensemble did not start after SIGTERM
+
+    rerun = snakemake(work, "--config", *FAULTS)
+    plan = job_plan(text_of(rerun))
+    assert trainings(plan) == set() and plan["ensemble"] == 1 and plan["report"] == 1  # the training is kept
+    assert_same_results_as_uninterrupted(trained)
+
+
+def test_damaged_or_deleted_model_reruns_ensemble_and_report(trained):
+    """Case 6. A truncated model (newer than the ensemble's outputs) reruns the ensemble, which refuses it
+    naming the file; once deleted, its training job, the ensemble and the report rerun to the same results."""
+    work = trained["work"]
+    snakemake(work, "--config", *FAULTS)  # complete, whatever ran before
+    model = work / MODELS3 / "rank1.keras"
+    blob = model.read_bytes()
+    model.write_bytes(blob[: len(blob) // 2])
+    out = snakemake(work, "--config", *FAULTS, check=False)
+    text = text_of(out)
+    note(6, text, "not a valid .keras file")
+    plan = job_plan(text)
+    assert out.returncode != 0 and trainings(plan) == set() and plan["ensemble"] == 1
+    assert f"{MODELS3 / 'rank1.keras'}: not a valid .keras file" in text and "delete it and rerun" in text
+
+    model.unlink()
+    plan = job_plan(text_of(snakemake(work, "--config", *FAULTS, "-n")))
+    assert trainings(plan) == {"train_mpi_ranks3"} and plan["ensemble"] == 1 and plan["report"] == 1
+    snakemake(work, "--config", *FAULTS)
+    assert json.loads((work / MODELS3 / "rank1.json").read_text())["oversubscribed"] is True
+    np.testing.assert_allclose(np.load(work / PROBS3), trained["probs3"], atol=1e-6)
+    assert accuracy_by_row((work / "results" / "summary.csv").read_text()) == accuracy_by_row(trained["summary"])

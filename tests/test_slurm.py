@@ -1,0 +1,220 @@
+"""The workflow submitted through the SLURM profile to a real single-node SLURM cluster (tests/slurm_cluster.py).
+
+Without root or without the slurm-wlm/munge packages the cluster tests are skipped with the reason; with
+REQUIRE_SLURM=1 (CI) that is a failure instead. The unit tests at the top run everywhere.
+"""
+
+import csv
+import json
+import os
+import re
+import subprocess
+
+import pytest
+import slurm_cluster
+from conftest import ROOT, project_copy, snakemake
+
+from mpi_ensemble import runtime
+
+SMALL = ["max_train_images=4000", "max_test_images=500", "epochs=1", "ranks=[1,2]", "seeds=[0]"]
+# The test cluster has no accounts and no accounting (so no sacct); poll early, its jobs are short.
+PROFILE = [
+    "--workflow-profile", "workflow/profiles/slurm", "--slurm-no-account", "--slurm-status-command", "squeue",
+    "--slurm-init-seconds-before-status-checks", "5",
+]
+
+
+# --- pure functions behind the SLURM support ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "requested, environ, expected",
+    [(2, {}, 2), (8, {"SLURM_CPUS_ON_NODE": "2"}, 2), (1, {"SLURM_CPUS_ON_NODE": "4"}, 1),
+     (None, {"SLURM_CPUS_ON_NODE": "3"}, 3)],
+)
+def test_job_cores_never_exceed_the_allocation(requested, environ, expected):
+    assert runtime.job_cores(requested, environ) == expected
+
+
+def test_job_cores_without_limits_are_this_process_cores():
+    assert runtime.job_cores(None, {}) == runtime.available_cores()
+    assert runtime.slurm_cpus_on_node({"SLURM_CPUS_ON_NODE": "abc"}) is None
+
+
+def test_scheduler_launch_commands():
+    assert runtime.scheduler_launch_command(["srun", "--mpi=pmi2"], 4, 2) == [
+        "srun", "--mpi=pmi2", "-n", "4", "--cpus-per-task=2"]
+    assert runtime.scheduler_launch_command(["aprun"], 3, 1) == ["aprun", "-n", "3"]
+    assert runtime.scheduler_launch_command([], 1, 2) == []  # singleton
+    with pytest.raises(ValueError, match="only run 1 rank"):
+        runtime.scheduler_launch_command([], 2, 1)
+
+
+def test_slurm_profile_launches_every_world_size_but_one_through_srun():
+    import yaml
+
+    profile = yaml.safe_load((ROOT / "workflow/profiles/slurm/config.yaml").read_text())
+    assert profile["executor"] == "slurm" and profile["default-resources"]["runtime"] > 0
+    rules = profile["set-resources"]
+    assert rules["train_mpi_ranks1"]["mpi"] == "''"
+    for n in range(2, 9):
+        assert rules[f"train_mpi_ranks{n}"]["mpi"] == "'srun --mpi=pmi2'"
+
+
+def test_dry_run_requests_per_rank_cpus_not_threads(tmp_path):
+    """What the plugin sees (dry run, no cluster): N tasks with cores // N CPUs each, never N × threads."""
+    work = project_copy(tmp_path)
+    out = snakemake(work, *PROFILE, "-n", "--config", *SMALL)
+    text = out.stdout + out.stderr
+    block = text[text.index("rule train_mpi_ranks2:"):]
+    resources = block[block.index("resources:"):].splitlines()[0]
+    assert "mpi=srun --mpi=pmi2" in resources and "tasks=2" in resources and "cpus_per_task=1," in resources
+    assert "srun --mpi=pmi2 -n 2 --cpus-per-task=1 python -m mpi4py" in block
+
+
+# --- the real cluster --------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def cluster_available():
+    reason = slurm_cluster.unavailable_reason()
+    if reason:
+        if os.environ.get("REQUIRE_SLURM") == "1":
+            pytest.fail(f"REQUIRE_SLURM=1, but the SLURM tests cannot run: {reason}")
+        pytest.skip(reason)
+
+
+def test_cluster_stops_every_process_it_started(cluster_available, tmp_path):
+    cluster = slurm_cluster.Cluster(tmp_path)
+    try:
+        cluster.start()
+        daemons = [proc.pid for proc in cluster.procs.values()]
+        job = cluster.run_client("sbatch", "--parsable", "-n", "1", "--mem", "100", "-o", "/dev/null",
+                                 "--wrap", "srun -n 1 sleep 300")
+        assert job.returncode == 0, job.stderr
+        cluster.wait_for(lambda: cluster.run_client("squeue", "-h", "-t", "R").stdout.strip(), "job running", 60)
+        started = cluster.leftover_pids()
+        assert len(started) >= 2  # the step daemons and sleep, detached from slurmd
+    finally:
+        cluster.stop()
+    for pid in daemons + started:
+        assert not os.path.exists(f"/proc/{pid}") or "zombie" in open(f"/proc/{pid}/status").read().lower(), pid
+    assert not slurm_cluster.SYSTEM_CONF.exists()
+
+
+@pytest.fixture(scope="module")
+def cluster(cluster_available, tmp_path_factory):
+    """munged, slurmctld and slurmd on localhost with 2 CPUs (this machine's), stopped by PID afterwards."""
+    cluster = slurm_cluster.Cluster(tmp_path_factory.mktemp("slurm"), cpus=2, memory_mb=8000)
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture(scope="module")
+def slurm_run(cluster, tmp_path_factory):
+    work = project_copy(tmp_path_factory.mktemp("slurm_work"))
+    out = snakemake(work, *PROFILE, "--config", *SMALL, env={"SLURM_CONF": str(cluster.conf)}, timeout=1500)
+    return work, out.stdout + out.stderr
+
+
+def submitted_rules(log):
+    """Rule name -> SLURM job ids, from the plugin's 'submitted with SLURM jobid N (log: .../rule_NAME/...)'."""
+    rules = {}
+    for job_id, rule in re.findall(r"submitted with SLURM jobid (\d+) \(log: \S*/rule_(\w+)/", log):
+        rules.setdefault(rule, []).append(job_id)
+    return rules
+
+
+def rank_records(work, n=2):
+    return [json.loads((work / f"results/models/ranks{n}/seed0/rank{r}.json").read_text()) for r in range(n)]
+
+
+def test_outputs_match_the_local_run(slurm_run):
+    work, _ = slurm_run
+    with open(work / "results" / "summary.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert {(r["method"], r["ranks"], r["threads"]) for r in rows} == {
+        ("sequential", "1", "1"), ("sequential", "1", "all"), ("ensemble_majority", "1", "2"),
+        ("ensemble_majority", "2", "1")}
+    for row in rows:
+        assert 0.5 < float(row["accuracy"]) <= 1.0, row
+        assert 0 < float(row["fit_seconds_mean"]) <= float(row["fit_seconds_max"]) < float(row["job_seconds"])
+        assert row["oversubscribed"] == "false"
+    ensemble = next(r for r in rows if r["method"] == "ensemble_majority" and r["ranks"] == "2")
+    assert int(ensemble["train_images_per_rank"]) == 1600  # 0.8 of 4000 / 2
+    for r in range(2):
+        assert (work / f"results/models/ranks2/seed0/rank{r}.keras").stat().st_size > 100_000
+    for name in ("fig5_sequential.png", "fig6_scaling.png"):
+        png = (work / "results" / "figures" / name).read_bytes()
+        assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 20_000
+
+
+def test_compute_jobs_were_submitted_and_the_rest_ran_locally(slurm_run):
+    work, log = slurm_run
+    rules = submitted_rules(log)
+    assert set(rules) == {"preprocess", "train_sequential", "train_mpi_ranks1", "train_mpi_ranks2"}, log[-3000:]
+    assert len(rules["train_sequential"]) == 2 and len(rules["train_mpi_ranks2"]) == 1
+    for rule in ("fetch_data", "ensemble", "report"):
+        assert f"localrule {rule}:" in log
+    for threads in ("1", "all"):
+        record = json.loads((work / f"results/sequential/threads{threads}/seed0/record.json").read_text())
+        assert record["scheduler"]["SLURM_JOB_ID"] in rules["train_sequential"]
+
+
+def test_one_rank_runs_as_a_singleton_in_a_one_task_job(slurm_run, cluster):
+    """The plugin refuses MPI jobs of one task; the profile's empty launcher runs rank 0 as an MPI singleton."""
+    work, log = slurm_run
+    [job_id] = submitted_rules(log)["train_mpi_ranks1"]
+    [record] = rank_records(work, 1)
+    assert record["ranks"] == 1 and record["scheduler"]["SLURM_JOB_ID"] == job_id
+    assert record["thread_settings"]["threads"] == 2 and record["oversubscribed"] is False
+    job = cluster.run_client("scontrol", "show", "job", job_id).stdout
+    assert "NumTasks=1" in job and "CPUs/Task=2" in job, job
+
+
+def test_mpi_job_is_one_two_rank_step_in_one_allocation(slurm_run, cluster):
+    work, log = slurm_run
+    [job_id] = submitted_rules(log)["train_mpi_ranks2"]
+    records = rank_records(work)
+    for r, record in enumerate(records):
+        assert record["ranks"] == 2 and record["rank"] == r
+        assert record["scheduler"]["SLURM_JOB_ID"] == job_id
+        assert record["scheduler"]["SLURM_NTASKS"] == "2" and record["scheduler"]["SLURM_PROCID"] == str(r)
+        assert record["thread_settings"]["threads"] == 1 and record["job_cores"] == 2
+        assert record["mpi_library"].startswith("MPICH")
+    assert records[0]["scheduler"]["SLURM_STEP_ID"] == records[1]["scheduler"]["SLURM_STEP_ID"]  # one srun step
+    # What SLURM allocated (completed jobs stay visible to scontrol for MinJobAge): 2 tasks × 1 CPU, not 2 × 2.
+    job = cluster.run_client("scontrol", "show", "job", job_id).stdout
+    assert "NumTasks=2" in job and "CPUs/Task=1" in job and re.search(r"NumCPUs=2\b", job), job
+
+
+def test_mpiexec_inside_the_allocation_also_gives_one_world(slurm_run, cluster):
+    """A world size the profile does not list runs with the rule's default launcher, the pip MPICH's mpiexec,
+    inside its allocation: still one 2-rank world in one job."""
+    work, log = slurm_run
+    [first_job] = submitted_rules(log)["train_mpi_ranks2"]
+    # --set-resources replaces the profile's list: keep ranks1's entry, or its changed launcher would rerun it.
+    launchers = ["train_mpi_ranks1:mpi=''", "train_mpi_ranks2:mpi='mpiexec'"]
+    out = snakemake(work, *PROFILE, "--set-resources", *launchers, "--forcerun",
+                    "train_mpi_ranks2", "--config", *SMALL, env={"SLURM_CONF": str(cluster.conf)}, timeout=900)
+    text = out.stdout + out.stderr
+    [job_id] = submitted_rules(text)["train_mpi_ranks2"]
+    assert job_id != first_job and "mpiexec -n 2" in text
+    records = rank_records(work)
+    assert [r["rank"] for r in records] == [0, 1] and all(r["ranks"] == 2 for r in records)
+    assert {r["scheduler"]["SLURM_JOB_ID"] for r in records} == {job_id}
+    job = cluster.run_client("scontrol", "show", "job", job_id).stdout
+    assert "NumTasks=2" in job and "JobState=COMPLETED" in job, job
+
+
+def test_no_slurm_process_outlives_the_run(slurm_run, cluster):
+    """The workflow's jobs are over: only the three daemons carry the cluster's configuration."""
+    assert not cluster.run_client("squeue", "-h").stdout.strip()
+    daemons = {proc.pid for proc in cluster.procs.values()}
+    others = [pid for pid in cluster.leftover_pids() if pid not in daemons]
+    names = [subprocess.run(["ps", "-o", "args=", "-p", str(p)], capture_output=True, text=True).stdout.strip()
+             for p in others]
+    assert not [n for n in names if n and "slurmscriptd" not in n], names
