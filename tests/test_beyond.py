@@ -372,7 +372,8 @@ def test_report_renders_in_headless_chromium(smoke_run, tmp_path):
     for category in ("Summary", "Figures", "Methods", "Provenance"):
         assert category in visible  # in the rendered navigation, not only in the data
     figures = {Path(p).name: f for p, f in check["figures"].items()}
-    assert set(figures) == {"fig5_sequential.png", "fig6_scaling.png", "fig_methods.png", "fig_voting.png"}
+    assert set(figures) == {"fig5_sequential.png", "fig6_scaling.png", "fig_methods.png", "fig_voting.png",
+                            "speedup.png", "rank_times.png"}
     for name, fig in figures.items():
         assert fig["shown"] and fig["width"] > 500 and fig["height"] > 200 and fig["caption"] > 50, (name, fig)
     tables = check["tables"]["results/report/summary.html"]

@@ -29,9 +29,11 @@ def test_summary_rows_and_sanity(smoke_run):
         assert 0.5 < float(row["accuracy"]) <= 1.0, row  # chance is 0.1
         assert 0 < float(row["fit_seconds_mean"]) <= float(row["fit_seconds_max"]) < float(row["job_seconds"])
         assert row["oversubscribed"] == "false"
-        assert row["compute_precision"] == "float32" and float(row["cpu_seconds"]) > 0
-        per_core = float(row["images_per_second_per_core"])
-        assert per_core > 0 and float(row["gflops_per_core"]) == pytest.approx(per_core * 16.76544e-3, rel=1e-3)
+        assert row["compute_precision"] == "float32"
+        if row["method"] in paper_methods:  # throughput columns: the paper's methods (blank for data_parallel...)
+            per_core = float(row["images_per_second_per_core"])
+            assert float(row["cpu_seconds"]) > 0 and per_core > 0
+            assert float(row["gflops_per_core"]) == pytest.approx(per_core * 16.76544e-3, rel=1e-3)
     ens2 = next(r for r in rows if r["method"] == "ensemble_majority" and r["ranks"] == "2")
     assert int(ens2["train_images_per_rank"]) == 2400  # 0.8 of 6000/2
     assert int(ens2["ties"]) > 0  # two members disagreeing always tie
