@@ -56,9 +56,10 @@ def test_slurm_profile_launches_every_world_size_but_one_through_srun():
     profile = yaml.safe_load((ROOT / "workflow/profiles/slurm/config.yaml").read_text())
     assert profile["executor"] == "slurm" and profile["default-resources"]["runtime"] > 0
     rules = profile["set-resources"]
-    assert rules["train_mpi_ranks1"]["mpi"] == "''"
-    for n in range(2, 9):
-        assert rules[f"train_mpi_ranks{n}"]["mpi"] == "'srun --mpi=pmi2'"
+    for prefix in ("train_mpi_ranks", "train_data_parallel_ranks"):
+        assert rules[f"{prefix}1"]["mpi"] == "''"
+        for n in range(2, 9):
+            assert rules[f"{prefix}{n}"]["mpi"] == "'srun --mpi=pmi2'"
 
 
 def test_dry_run_requests_per_rank_cpus_not_threads(tmp_path):
@@ -66,10 +67,11 @@ def test_dry_run_requests_per_rank_cpus_not_threads(tmp_path):
     work = project_copy(tmp_path)
     out = snakemake(work, *PROFILE, "-n", "--config", *SMALL)
     text = out.stdout + out.stderr
-    block = text[text.index("rule train_mpi_ranks2:"):]
-    resources = block[block.index("resources:"):].splitlines()[0]
-    assert "mpi=srun --mpi=pmi2" in resources and "tasks=2" in resources and "cpus_per_task=1," in resources
-    assert "srun --mpi=pmi2 -n 2 --cpus-per-task=1 python -m mpi4py" in block
+    for rule in ("train_mpi_ranks2", "train_data_parallel_ranks2"):
+        block = text[text.index(f"rule {rule}:"):]
+        resources = block[block.index("resources:"):].splitlines()[0]
+        assert "mpi=srun --mpi=pmi2" in resources and "tasks=2" in resources and "cpus_per_task=1," in resources
+        assert "srun --mpi=pmi2 -n 2 --cpus-per-task=1 python -m mpi4py" in block
 
 
 # --- the real cluster --------------------------------------------------------------------------------------

@@ -98,9 +98,11 @@ for n in RANKS:
         resources:
             mpi="mpiexec",
             tasks=n,
+            # As train_mpi_ranks{N}: under SLURM --cpus-per-task, never N x threads.
+            cpus_per_task=threads_per_rank(n),
         params:
             out_dir=lambda wc, output: os.path.dirname(output.model),
-            threads=threads_per_rank(n),
+            threads=lambda wc, resources: resources.cpus_per_task,
             launch=launch_prefix,
             training=TRAINING_ARGS,
             cmd=CONTROLS.replace("python -m", "python -m mpi4py -m"),
