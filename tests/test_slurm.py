@@ -138,13 +138,16 @@ def test_outputs_match_the_local_run(slurm_run):
     work, _ = slurm_run
     with open(work / "results" / "summary.csv") as handle:
         rows = list(csv.DictReader(handle))
-    assert {(r["method"], r["ranks"], r["threads"]) for r in rows} == {
+    paper_rows = [r for r in rows if r["method"] in ("sequential", "ensemble_majority")]
+    assert {(r["method"], r["ranks"], r["threads"]) for r in paper_rows} == {
         ("sequential", "1", "1"), ("sequential", "1", "all"), ("ensemble_majority", "1", "2"),
         ("ensemble_majority", "2", "1")}
+    assert {(r["method"], r["ranks"]) for r in rows} >= {("data_parallel", "1"), ("data_parallel", "2")}
     for row in rows:
         assert 0.5 < float(row["accuracy"]) <= 1.0, row
-        assert 0 < float(row["fit_seconds_mean"]) <= float(row["fit_seconds_max"]) < float(row["job_seconds"])
         assert row["oversubscribed"] == "false"
+    for row in paper_rows:
+        assert 0 < float(row["fit_seconds_mean"]) <= float(row["fit_seconds_max"]) < float(row["job_seconds"])
     ensemble = next(r for r in rows if r["method"] == "ensemble_majority" and r["ranks"] == "2")
     assert int(ensemble["train_images_per_rank"]) == 1600  # 0.8 of 4000 / 2
     for r in range(2):
