@@ -22,6 +22,10 @@ localrules:
     fetch_data,
     ensemble,
     report,
+    vote_variants,
+    single_shard,
+    method_table,
+    beyond_report,
 
 
 rule all:

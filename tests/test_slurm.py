@@ -160,9 +160,10 @@ def test_outputs_match_the_local_run(slurm_run):
 def test_compute_jobs_were_submitted_and_the_rest_ran_locally(slurm_run):
     work, log = slurm_run
     rules = submitted_rules(log)
-    assert set(rules) == {"preprocess", "train_sequential", "train_mpi_ranks1", "train_mpi_ranks2"}, log[-3000:]
+    assert set(rules) == {"preprocess", "train_sequential", "train_mpi_ranks1", "train_mpi_ranks2",
+                          "train_data_parallel_ranks1", "train_data_parallel_ranks2"}, log[-3000:]
     assert len(rules["train_sequential"]) == 2 and len(rules["train_mpi_ranks2"]) == 1
-    for rule in ("fetch_data", "ensemble", "report"):
+    for rule in ("fetch_data", "ensemble", "report", "vote_variants", "single_shard", "method_table", "beyond_report"):
         assert f"localrule {rule}:" in log
     for threads in ("1", "all"):
         record = json.loads((work / f"results/sequential/threads{threads}/seed0/record.json").read_text())
