@@ -17,6 +17,7 @@ import sys
 import numpy as np
 
 from . import data, io, metrics, voting
+from .cli import add_training_args
 
 CLASSES = 10
 VARIANTS = {
@@ -143,16 +144,10 @@ def build_parser():
     p.set_defaults(func=cmd_single_shard)
 
     p = sub.add_parser("data-parallel", help="one MPI rank of synchronous data-parallel training")
-    for name in ("train-x", "train-y", "test-x", "test-y", "out-dir"):
+    add_training_args(p)  # the same flags as the ensemble's ranks; --batch-size is the global batch here
+    for name in ("test-x", "test-y", "out-dir"):
         p.add_argument(f"--{name}", required=True)
-    p.add_argument("--threads", default="1", help="'all' or a positive integer")
-    p.add_argument("--seed", type=int, required=True)
-    p.add_argument("--epochs", type=int, required=True)
-    p.add_argument("--batch-size", type=int, required=True, help="global batch, split across the ranks")
-    p.add_argument("--validation-split", type=float, required=True)
     p.add_argument("--job-cores", type=int, required=True)
-    p.add_argument("--precision", default="float32", choices=("float32", "mixed_bfloat16"),
-                   help="Keras dtype policy (config key precision)")
     p.set_defaults(func=cmd_data_parallel)
 
     p = sub.add_parser("beyond-report", help="mean ± sd over seeds, differences, paper comparison, figures")
