@@ -60,3 +60,12 @@ def test_benchmark_runs_both_code_paths(tmp_path):
     assert paper[3] == "fp64-input" and ours[3] == "fp32"
     assert float(ours[-1]) > 0.5 and float(paper[-1]) > 0.5  # majority-vote accuracy of both (chance is 0.1)
     assert "ours fp32 / paper, img/s per core at N=2" in out.stdout
+
+
+def test_warmup_is_the_first_epoch_over_a_steady_one():
+    bench = load_script()
+    records = [{"epoch_seconds": [3.0, 1.0, 1.2, 1.1]}, {"epoch_seconds": [2.5, 1.0, 1.0]}]
+    assert bench.warmup_seconds(records) == pytest.approx(1.9)
+    assert bench.warmup_seconds([{"fit_seconds": 4.0}]) is None  # the paper's code records no epochs
+    rows = bench.median_rows([{**run("paper", 2, "fp64-input", 1.0, 2.0, 3.0), "warmup_s": None}])
+    assert rows[0]["warmup_s"] is None

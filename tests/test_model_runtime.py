@@ -98,3 +98,29 @@ def test_input_pipeline_shuffles_every_epoch_and_keeps_pairs():
     assert not np.array_equal(orders[0], orders[1])  # reshuffled each epoch
     plain = [by.numpy() for _, by in training.tf_dataset(x, y, batch_size=4)]
     np.testing.assert_array_equal(np.concatenate(plain), y)  # validation: in order
+
+
+def test_input_pipeline_is_not_autotuned():
+    # tf.data's autotuner left a 1-thread rank's core idle for a third of fit(); the fix must stay in place.
+    import numpy as np
+
+    from mpi_ensemble import training
+
+    x, y = np.zeros((8, 1), dtype=np.float32), np.zeros(8, dtype=np.int64)
+    for seed in (None, 1):
+        assert training.tf_dataset(x, y, batch_size=4, seed=seed).options().autotune.enabled is False
+
+
+def test_fit_records_every_epoch_time():
+    import numpy as np
+
+    from mpi_ensemble import training
+
+    import keras  # not import_keras: another test in this process may have started TensorFlow's thread pools
+
+    x = np.random.default_rng(0).random((40, 28, 28, 1), dtype=np.float32)
+    y = np.arange(40, dtype=np.int64) % 10
+    settings = {"epochs": 3, "batch_size": 16, "validation_split": 0.25}
+    _, facts = training.fit(keras, x, y, seed=0, settings=settings)
+    assert len(facts["epoch_seconds"]) == 3 and all(s > 0 for s in facts["epoch_seconds"])
+    assert sum(facts["epoch_seconds"]) <= facts["fit_seconds"]
