@@ -9,7 +9,8 @@ For every world size N it runs, each `--repeats` times, as separate `mpiexec -n 
   paper    benchmarks/paper_rank.py: float64 input, one-hot labels, default threading, no binding;
   ours     `python -m mpi_ensemble.cli ranks`: cores // N threads per rank, each rank bound to its own cores;
            once per --precision;
-  ours-1t  ours at N = 1 with one thread on one core: the reference of the speed-up.
+  ours-1t  ours at N = 1 with one thread on one core, once per --precision: the reference of the speed-up and
+           the ceiling of the per-core throughput at N = cores.
 It reports medians over the repeats of: the slowest rank's fit() seconds, training images per second per core,
 CPU seconds of all ranks, peak RSS of the largest rank, the job's wall seconds, and the test accuracy of the
 majority vote (first repeat). Then the ratios the scaling issue asks for, and a pure matrix-multiply probe of how
@@ -228,6 +229,12 @@ def ratios(rows, cores):
     # Not a target: work per CPU-second, which a busy machine disturbs far less than wall time.
     add(f"ours fp32 / paper, images per fit CPU-second at N={cores}", find(rows, "ours", cores, "fp32"), paper_n, None,
         key="img_cpu_s")
+    # Not targets: the evidence for them. One thread on one core bounds what N ranks on N cores can reach per core.
+    for tag in ("fp32", "bf16"):
+        single = find(rows, "ours-1t", 1, tag)
+        add(f"ceiling: ours {tag} 1 thread / paper at N={cores}, img/s per core", single, paper_n, None)
+        add(f"parallel efficiency: ours {tag} at N={cores} / 1 thread, img/s per core",
+            find(rows, "ours", cores, tag), single, None)
     for n in sorted({r["ranks"] for r in rows if r["impl"].startswith("ours")}):
         rss = max(r["rss_mb"] for r in rows if r["impl"].startswith("ours") and r["ranks"] == n)
         out.append({"ratio": f"ours peak RSS per rank at N={n}, GiB", "value": rss / 1024, "target": 1.0,
@@ -292,7 +299,8 @@ def main(argv=None):
                 for precision in precisions:
                     runs.append(bench.ours(n, rep, precision))
             if cores > 1 and 1 in ranks:
-                runs.append(bench.ours(1, rep, "float32", threads=1))
+                for precision in precisions:
+                    runs.append(bench.ours(1, rep, precision, threads=1))
             print(f"# repeat {rep + 1}/{args.repeats} done", flush=True)
     rows = median_rows(runs)
     flops = model.training_flops_per_image()

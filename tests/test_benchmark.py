@@ -44,6 +44,10 @@ def test_ratios_against_targets():
     assert checks["ours fp32 / paper, images per fit CPU-second at N=2"]["met"] is None  # informative, no target
     assert not checks["ours peak RSS per rank at N=1, GiB"]["met"]  # 1100 MB > 1 GiB
     assert checks["ours peak RSS per rank at N=2, GiB"]["met"]
+    ceiling = checks["ceiling: ours fp32 1 thread / paper at N=2, img/s per core"]
+    assert ceiling["value"] == pytest.approx(0.8) and ceiling["met"] is None
+    assert checks["parallel efficiency: ours fp32 at N=2 / 1 thread, img/s per core"]["value"] == pytest.approx(2.0)
+    assert "ceiling: ours bf16 1 thread / paper at N=2, img/s per core" not in checks  # no bf16 1-thread run
 
 
 @pytest.mark.workflow
