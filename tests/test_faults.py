@@ -499,7 +499,10 @@ def test_interrupted_run_resumes_to_the_same_results_and_a_second_run_is_locked_
         if first.poll() is None:
             os.killpg(first.pid, signal.SIGKILL)
     note(5, output, "Terminating processes")
-    assert first.returncode != 0 and "Terminating processes on user request" in output
+    # Ctrl-C reaches Snakemake and the ranks at once: whichever Snakemake notices first (its own interrupt, or the
+    # job that the interrupt killed), it must stop with an error, and the next run must plan that job again.
+    assert first.returncode != 0
+    assert "Terminating processes on user request" in output or "did not complete successfully" in output
     wait_for(lambda: not rank_processes(work), 10, "no rank process to survive Ctrl-C")
     locks = work / ".snakemake" / "locks"
     assert not locks.exists() or not list(locks.iterdir()), "the interrupted run left its lock"
