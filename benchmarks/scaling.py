@@ -321,7 +321,8 @@ def main(argv=None):
               f"= {probe['scaling']:.2f}x the single process (efficiency {probe['per_core_efficiency']:.2f})")
     print("\nimg_s_core: training images (all ranks, all epochs; validation not counted) / slowest rank's fit s / "
           "cores_used.\nfit_s: slowest rank's fit() s; cpu_s: CPU s of all ranks' whole processes; fit_cpu_s: "
-          "the same during fit() only; img_cpu_s: training images per fit CPU-second; warmup_s: first epoch minus a steady one (ours only).\nMedians over repeats; accuracy: "
+          "the same during fit() only; img_cpu_s: training images per fit CPU-second; warmup_s: first epoch minus "
+          "a steady one (ours only).\nMedians over repeats; accuracy: "
           "majority vote on the test images (first repeat). matmul probe: best of 3.")
     if args.json:
         Path(args.json).write_text(json.dumps({"args": vars(args), "runs": runs, "rows": rows, "checks": checks,
