@@ -1,5 +1,6 @@
 # Rehman et al., "Improving CNN Model Training Time Efficiency using MPI-driven Parallelization and Ensemble
 # Learning": MNIST split over N MPI ranks, one CNN per rank, majority vote. See README.md.
+# The stages, one rule file each: data -> train -> combine -> summarize.
 
 
 configfile: "config/config.yaml"
@@ -11,31 +12,28 @@ report: "workflow/report/workflow.rst"
 include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/train.smk"
-include: "workflow/rules/ensemble.smk"
-include: "workflow/rules/controls.smk"
-include: "workflow/rules/report.smk"
+include: "workflow/rules/combine.smk"
+include: "workflow/rules/summarize.smk"
 
 
 # Under a cluster executor these run beside Snakemake itself: compute nodes often have no internet (fetch_data),
-# and voting and the report are seconds of work, not worth a queue wait.
+# and voting and summarizing are seconds of work, not worth a queue wait.
 localrules:
     fetch_data,
     ensemble,
-    report,
     vote_variants,
     single_shard,
+    summarize,
+    figures,
+    tables,
     method_table,
-    beyond_report,
 
 
 rule all:
     default_target: True
     input:
-        "results/summary.csv",
-        "results/figures/fig5_sequential.png",
-        "results/figures/fig6_scaling.png",
-        "results/figures/speedup.png",
-        "results/figures/rank_times.png",
-        rules.beyond_report.output,
-        expand("results/report/methods/{method}.html", method=METHODS),
+        rules.summarize.output,
+        rules.figures.output,
+        rules.tables.output,
+        expand("results/tables/methods/{method}.html", method=METHODS),
         saved_models(),

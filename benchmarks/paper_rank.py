@@ -88,7 +88,7 @@ def main():
         "fit_seconds": fit_seconds,
         "fit_cpu_seconds": (cpu1.ru_utime + cpu1.ru_stime) - (cpu0.ru_utime + cpu0.ru_stime),
         "cpu_seconds": usage.ru_utime + usage.ru_stime,
-        "peak_rss_mb": usage.ru_maxrss / 1024.0,
+        "peak_rss_mib": usage.ru_maxrss / 1024.0,
         "train_images": int(np.floor((end - start) * 0.8)),
         "member_accuracy": float((predictions == y_test).mean()),
     }

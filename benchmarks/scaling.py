@@ -7,13 +7,13 @@
 
 For every world size N it runs, each `--repeats` times, as separate `mpiexec -n N` jobs:
   paper    benchmarks/paper_rank.py: float64 input, one-hot labels, default threading, no binding;
-  ours     `python -m mpi_ensemble.cli ranks`: cores // N threads per rank, each rank bound to its own cores;
+  ours     `python -m mpi_ensemble train_mpi_ranks`: cores // N threads per rank, each rank bound to its own cores;
            once per --precision;
   ours-1t  ours at N = 1 with one thread on one core, once per --precision: the reference of the speed-up and
            the ceiling of the per-core throughput at N = cores.
 It reports medians over the repeats of: the slowest rank's fit() seconds, training images per second per core,
 CPU seconds of all ranks, peak RSS of the largest rank, the job's wall seconds, and the test accuracy of the
-majority vote (first repeat). Then the ratios the scaling issue asks for, and a pure matrix-multiply probe of how
+majority vote (first repeat). Then the ratios against the project's speed targets, and a pure matrix-multiply probe of how
 well this machine's cores scale at all (1 process alone vs one per core at once).
 
 Timings are only as good as the machine is quiet: on a shared machine, read `cpu_s` beside `fit_s`.
@@ -33,7 +33,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from mpi_ensemble import data, datasets, model, runtime  # noqa: E402  (numpy-only modules: no TensorFlow here)
+from mpi_ensemble import data, model, runtime  # noqa: E402  (numpy-only modules: no TensorFlow here)
 
 BIN = Path(sys.executable).parent
 PRECISION_TAG = {"float32": "fp32", "mixed_bfloat16": "bf16"}
@@ -66,7 +66,7 @@ def parse_args(argv=None):
 
 
 def default_precisions():
-    from mpi_ensemble.training import BF16_FLAGS, cpu_flags
+    from mpi_ensemble.runtime import BF16_FLAGS, cpu_flags
 
     return ["float32"] + (["mixed_bfloat16"] if cpu_flags() & set(BF16_FLAGS) else [])
 
@@ -92,7 +92,7 @@ def run_job(cmd, log):
 def prepare_data(work, train_images, test_images):
     """Our arrays (float32, memory-mappable) from the bundled IDX files: the workflow's preprocess step."""
     src = ROOT / "data" / "mnist"
-    names = datasets.file_names("mnist")
+    names = data.file_names("mnist")
     missing = data.missing_files(src, names)
     if missing:
         sys.exit(f"{src} lacks {', '.join(missing)}: the benchmark reads the bundled MNIST copy; restore it from git")
@@ -125,7 +125,7 @@ class Bench:
         bind = not runtime.is_oversubscribed(n, threads, self.cores)
         out = self.work / f"ours_n{n}_t{threads}_{precision}_r{rep}"
         cmd = [*runtime.launch_command(self.launcher, self.flavour, n, threads, bind), self.python, "-m", "mpi4py",
-               "-m", "mpi_ensemble.cli", "ranks", "--threads", str(threads), "--job-cores", str(self.cores),
+               "-m", "mpi_ensemble", "train_mpi_ranks", "--threads", str(threads), "--job-cores", str(self.cores),
                "--seed", "0", "--train-x", str(self.arrays["train_x"]), "--train-y", str(self.arrays["train_y"]),
                "--epochs", str(self.args.epochs), "--batch-size", str(self.args.batch_size),
                "--validation-split", "0.2", "--precision", precision, "--out-dir", str(out)]
@@ -138,11 +138,11 @@ class Bench:
     def ensemble_accuracy(self, out, n):
         """Test accuracy of the majority vote, by the workflow's own ensemble command (not timed)."""
         metrics = out / "metrics.json"
-        cmd = [self.python, "-m", "mpi_ensemble.cli", "ensemble",
+        cmd = [self.python, "-m", "mpi_ensemble", "ensemble",
                "--models", *[str(out / f"rank{r}.keras") for r in range(n)],
                "--records", *[str(out / f"rank{r}.json") for r in range(n)],
                "--test-x", str(self.arrays["test_x"]), "--test-y", str(self.arrays["test_y"]),
-               "--metrics", str(metrics), "--probabilities", str(out / "probabilities.npy")]
+               "--result", str(metrics), "--probabilities", str(out / "probabilities.npy")]
         run_job(cmd, out / "ensemble.log")
         return json.loads(metrics.read_text())["metrics"]["accuracy"]
 
@@ -157,7 +157,7 @@ class Bench:
             "cpu_s": sum(r["cpu_seconds"] for r in records),
             "fit_cpu_s": sum(r.get("fit_cpu_seconds", float("nan")) for r in records),
             "img_cpu_s": images / sum(r.get("fit_cpu_seconds", float("nan")) for r in records),
-            "rss_mb": max(r["peak_rss_mb"] for r in records), "job_s": wall, "accuracy": accuracy,
+            "rss_mb": max(r["peak_rss_mib"] for r in records), "job_s": wall, "accuracy": accuracy,
             "warmup_s": warmup_seconds(records),
         }
 
@@ -209,7 +209,7 @@ def find(rows, impl, ranks, precision=None):
 
 
 def ratios(rows, cores):
-    """The scaling issue's targets, each with its measured value (None when a needed run was skipped)."""
+    """The project's speed targets, each with its measured value (None when a needed run was skipped)."""
     out = []
 
     def add(name, num, den, target, key="img_s_core", invert=False):

@@ -1,13 +1,18 @@
+"""The data stage: the dataset registry, IDX decoding, checksums, copies and downloads, shards."""
+
 import hashlib
 import http.server
 import threading
 from functools import partial
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from conftest import BUNDLED, idx_bytes, write_gz
-from mpi_ensemble import data, datasets
+from conftest import BUNDLED, idx_bytes, skip_unless_required, write_gz
+from mpi_ensemble import data
+
+FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")  # Debian package dataset-fashion-mnist
 
 
 def test_parse_idx_roundtrip():
@@ -31,7 +36,7 @@ def test_parse_idx_rejects_malformed(raw, message):
 
 def test_real_mnist_headers_and_checksums():
     name = "train-labels-idx1-ubyte.gz"
-    raw = data.verify(BUNDLED / name, datasets.expected_sha256("mnist", name))
+    raw = data.verify(BUNDLED / name, data.expected_sha256("mnist", name))
     labels = data.parse_idx(raw)
     assert labels.shape == (60000,) and labels.max() == 9
     assert np.bincount(labels).min() > 5000
@@ -49,7 +54,7 @@ def test_verify_names_file_and_both_hashes(tmp_path):
 
 def test_verify_accepts_recompressed_copy_refuses_truncated(tmp_path):
     name = "t10k-labels-idx1-ubyte.gz"
-    expected = datasets.expected_sha256("mnist", name)
+    expected = data.expected_sha256("mnist", name)
     raw = data.verify(BUNDLED / name, expected)
     recompressed = write_gz(tmp_path / name, raw, mtime=12345)
     assert recompressed.read_bytes() != (BUNDLED / name).read_bytes()
@@ -121,7 +126,7 @@ def test_download_tries_next_mirror_and_verifies(mirror, tmp_path):
     base, name = mirror
     dest = tmp_path / "out" / name
     url = data.download_verified(
-        name, dest, datasets.expected_sha256("mnist", name), [f"{base}/missing", f"{base}/bad", f"{base}/good"]
+        name, dest, data.expected_sha256("mnist", name), [f"{base}/missing", f"{base}/bad", f"{base}/good"]
     )
     assert url.endswith(f"/good/{name}")
     assert dest.read_bytes() == (BUNDLED / name).read_bytes()
@@ -131,6 +136,66 @@ def test_failed_download_leaves_nothing(mirror, tmp_path):
     base, name = mirror
     dest = tmp_path / "out" / name
     with pytest.raises(data.DataSourceError) as err:
-        data.download_verified(name, dest, datasets.expected_sha256("mnist", name), [f"{base}/bad", f"{base}/none"])
+        data.download_verified(name, dest, data.expected_sha256("mnist", name), [f"{base}/bad", f"{base}/none"])
     assert f"{base}/bad/{name}: " in str(err.value) and "404" in str(err.value)
     assert not dest.exists() and list(dest.parent.iterdir()) == []
+
+
+def test_data_source_prefers_data_dir_then_bundled_then_download(tmp_path):
+    names = data.file_names("mnist")
+    assert data.data_source(None, BUNDLED, names) == str(BUNDLED)
+    assert data.data_source(str(BUNDLED), tmp_path, names) == str(BUNDLED)
+    assert data.data_source(None, tmp_path, names) is None  # nothing bundled: download
+    with pytest.raises(data.DataSourceError, match="lacks 4 file"):
+        data.data_source(str(tmp_path), BUNDLED, names)  # a data_dir never falls back
+
+
+def test_shards_left_empty_after_the_validation_cut_are_refused():
+    data.check_shards([1, 2, 8], 60000, 0.2)
+    with pytest.raises(ValueError, match="ranks 4 with 6 training images leaves shards of 1 image"):
+        data.check_shards([2, 4], 6, 0.2)
+
+
+def test_fetch_data_copies_and_verifies(tmp_path):
+    outs = [tmp_path / "res" / name for name in data.file_names("mnist")]
+    lines = data.fetch_data("mnist", outs, source_dir=BUNDLED)
+    assert len(lines) == 4 and all("SHA-256 verified" in line for line in lines)
+    assert all(out.read_bytes() == (BUNDLED / out.name).read_bytes() for out in outs)
+
+
+# --- the dataset registry -------------------------------------------------------------------------------------
+
+
+def test_dataset_registry():
+    for name in ("mnist", "fashion_mnist", "kmnist"):
+        assert data.file_names(name) == data.file_names("mnist")
+        assert data.dataset_spec(name)["mirrors"]
+    assert not data.missing_checksums("fashion_mnist")
+    assert all(len(d) == 64 for _, d in data.dataset_spec("fashion_mnist")["files"].values())
+    # KMNIST: no trustworthy SHA-256 of the decompressed files is recorded, so it fails closed
+    with pytest.raises(data.UnknownChecksumError, match="not recorded"):
+        data.expected_sha256("kmnist", "train-images-idx3-ubyte.gz")
+    with pytest.raises(ValueError, match="unknown dataset 'cifar'"):
+        data.dataset_spec("cifar")
+
+
+def fashion_files_or_skip():
+    names = data.file_names("fashion_mnist")
+    missing = data.missing_files(FASHION_DIR, names)
+    if missing:
+        skip_unless_required(f"Fashion-MNIST not found in {FASHION_DIR} (missing {', '.join(missing)}); "
+                             "install Debian's package: apt-get install -y dataset-fashion-mnist (.ci/run does)")
+    return names
+
+
+def test_fashion_mnist_debian_copy_verifies_and_altered_copy_fails(tmp_path):
+    fashion_files_or_skip()
+    name = "t10k-labels-idx1-ubyte.gz"
+    expected = data.expected_sha256("fashion_mnist", name)
+    raw = data.verify(FASHION_DIR / name, expected)  # Debian re-gzipped it: the decompressed content still matches
+    labels = data.parse_idx(raw)
+    assert labels.shape == (10000,) and np.bincount(labels).tolist() == [1000] * 10
+    altered = bytearray(raw)
+    altered[-1] = (altered[-1] + 1) % 10
+    with pytest.raises(data.ChecksumError, match="checksum mismatch"):
+        data.verify(write_gz(tmp_path / name, bytes(altered)), expected)

@@ -1,45 +1,75 @@
-"""The whole workflow through the Snakemake CLI, with real mpiexec ranks, on a small subset."""
+"""The whole workflow through the Snakemake CLI, with real mpiexec ranks, on a small subset; what a user sees:
+the summary and its statistics, saved models and records, figures, the HTML report in a browser, refusals of a
+wrong config, the plan for several seeds, another dataset, lint."""
 
-import csv
+import html
 import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
-from conftest import BIN, ROOT, SMOKE, snakemake
+from conftest import BIN, ROOT, SMOKE, project_copy, skip_unless_required, snakemake
+from test_data import FASHION_DIR, fashion_files_or_skip
 
-pytestmark = pytest.mark.workflow
+PAPER_METHODS = ("sequential", "ensemble_majority")
+NEW_METHODS = ("ensemble_soft", "ensemble_majority_tiebreak", "single_shard", "data_parallel")
+FIGURES = {"fig5_sequential.png", "fig6_scaling.png", "fig_methods.png", "fig_voting.png", "speedup.png",
+           "rank_times.png"}
 
 
-def read_summary(work):
-    with open(work / "results" / "summary.csv") as handle:
-        return list(csv.DictReader(handle))
+def read_csv(path):
+    return pd.read_csv(path, dtype={"threads": str})
 
 
-def test_summary_rows_and_sanity(smoke_run):
-    rows = read_summary(smoke_run)
-    # The paper's methods; the controls beyond it (issue 4) are checked in test_beyond.py.
-    paper_methods = ("sequential", "ensemble_majority")
-    keys = {(r["method"], r["ranks"], r["threads"]) for r in rows if r["method"] in paper_methods}
-    assert keys == {
-        ("sequential", "1", "1"), ("sequential", "1", "all"),
-        ("ensemble_majority", "1", "2"), ("ensemble_majority", "2", "1"),
+def summary_of(work):
+    return read_csv(work / "results" / "summary.csv")
+
+
+def by_method(rows):
+    return {(r.method, r.ranks): r for r in rows.itertuples()}
+
+
+# --- the smoke run (conftest.smoke_run): 6,000 / 1,000 images, 1 epoch, ranks 1 and 2 on 2 cores --------------
+
+
+@pytest.mark.workflow
+def test_summary_rows_of_every_method(smoke_run):
+    rows = summary_of(smoke_run)
+    assert set(zip(rows.method, rows.ranks, rows.threads)) == {
+        ("sequential", 1, "1"), ("sequential", 1, "all"),
+        *{(m, n, str(2 // n)) for m in ("ensemble_majority", "ensemble_soft", "ensemble_majority_tiebreak",
+                                        "data_parallel") for n in (1, 2)},
+        ("single_shard", 2, "1"),
     }
-    for row in rows:
-        assert 0.5 < float(row["accuracy"]) <= 1.0, row  # chance is 0.1
-        assert 0 < float(row["fit_seconds_mean"]) <= float(row["fit_seconds_max"]) < float(row["job_seconds"])
-        assert row["oversubscribed"] == "false"
-        assert row["compute_precision"] == "float32"
-        if row["method"] in paper_methods:  # throughput columns: the paper's methods (blank for data_parallel...)
-            per_core = float(row["images_per_second_per_core"])
-            assert float(row["cpu_seconds"]) > 0 and per_core > 0
-            assert float(row["gflops_per_core"]) == pytest.approx(per_core * 16.76544e-3, rel=1e-3)
-    ens2 = next(r for r in rows if r["method"] == "ensemble_majority" and r["ranks"] == "2")
-    assert int(ens2["train_images_per_rank"]) == 2400  # 0.8 of 6000/2
-    assert int(ens2["ties"]) > 0  # two members disagreeing always tie
-    assert ens2["time_decrease_pct"] != "" and float(ens2["speedup"]) > 0
+    for row in rows.itertuples():
+        assert 0.5 < row.accuracy <= 1.0, row  # chance is 0.1
+        assert 0 < row.fit_seconds_mean <= row.fit_seconds_max < row.train_job_seconds <= row.job_seconds
+        assert not row.oversubscribed and row.compute_precision == "float32" and row.cores_used >= 1
+        assert row.images_per_second_per_core > 0 and row.cpu_seconds > 0 and row.rank_peak_rss_mib > 100
+        assert row.efficiency == pytest.approx(row.speedup / row.cores_used, rel=1e-5)  # 6 digits in the CSV
+        if row.method != "sequential":
+            assert not np.isnan(row.time_decrease_pct)
+    by = by_method(rows)
+    ens2 = by[("ensemble_majority", 2)]
+    assert ens2.train_images_per_rank == 2400 and ens2.ties > 0  # 0.8 of 6000/2; two disagreeing members tie
+    assert ens2.train_job_max_rss_mib > ens2.rank_peak_rss_mib  # the job holds both ranks
+    for method in ("ensemble_soft", "ensemble_majority_tiebreak"):  # one member: every vote rule is that member
+        assert by[(method, 1)].accuracy == by[("ensemble_majority", 1)].accuracy
+        assert by[(method, 2)].fit_seconds_max == ens2.fit_seconds_max  # the same members
+        assert by[(method, 2)].job_seconds > ens2.job_seconds  # plus its own vote job
+    assert by[("ensemble_majority_tiebreak", 2)].ties == ens2.ties
+    ens = json.loads((smoke_run / "results/ensemble_majority/ranks2/seed0/result.json").read_text())
+    assert by[("single_shard", 2)].accuracy == pytest.approx(ens["member_accuracy"][0])
+    assert by[("single_shard", 2)].train_images_per_rank == 2400  # 0.8 of the first 3000 images
+    assert by[("single_shard", 2)].job_seconds > ens2.job_seconds
 
 
+@pytest.mark.workflow
 def test_models_and_rank_records(smoke_run):
     models = smoke_run / "results" / "models"
     for n in (1, 2):
@@ -49,22 +79,63 @@ def test_models_and_rank_records(smoke_run):
             assert record["rank"] == r and record["ranks"] == n
             assert record["thread_settings"]["env"]["TF_NUM_INTRAOP_THREADS"] == str(2 // n)
             assert len(record["thread_settings"]["affinity"]) == 2 // n  # bound by mpiexec
-            assert record["mpi_library"].startswith("MPICH")
-            assert record["peak_rss_mb"] > 100 and record["versions"]["keras"].startswith("3.")
+            assert record["mpi_library"].startswith("MPICH") and "avx2" in record["isa_flags"]
+            assert record["peak_rss_mib"] > 100 and record["versions"]["keras"].startswith("3.")
             assert record["precision"] == "float32" and 0 < record["fit_cpu_seconds"] < record["cpu_seconds"]
-    assert not list(models.rglob(".*tmp*"))  # no temporary files left behind
+            assert len(record["weights_sha256"]) == 64
+    assert not list((smoke_run / "results").rglob(".*tmp*"))  # no temporary files left behind
 
 
+@pytest.mark.workflow
+def test_data_parallel_replicas_stay_identical(smoke_run):
+    import keras
+
+    from mpi_ensemble import training
+
+    for n in (1, 2):
+        folder = smoke_run / "results" / "data_parallel" / f"ranks{n}" / "seed0"
+        ranks = [json.loads((folder / f"rank{r}.json").read_text()) for r in range(n)]
+        assert len({r["weights_sha256"] for r in ranks}) == 1, f"ranks{n}: the replicas diverged"
+        result = json.loads((folder / "result.json").read_text())
+        assert result["weights_identical"] and result["steps_per_epoch"] == 75  # ceil(4800 / 64), as sequential
+        assert sum(t["train_images"] for t in result["rank_timing"]) == 4800
+        model = keras.models.load_model(folder / "model.keras")
+        assert training.weights_sha256(model.get_weights()) == ranks[0]["weights_sha256"]
+
+
+@pytest.mark.workflow
+def test_statistics_comparison_and_tables(smoke_run):
+    res = smoke_run / "results"
+    summary, stats = summary_of(smoke_run), read_csv(res / "summary_stats.csv")
+    assert set(zip(stats.method, stats.ranks, stats.threads)) == set(zip(summary.method, summary.ranks,
+                                                                        summary.threads))
+    assert (stats["n_seeds"] == 1).all() and stats["accuracy_sd"].isna().all()  # one seed: no sd, not 0
+    diffs = read_csv(res / "method_differences.csv")
+    assert len(diffs) and (diffs["exceeds_spread"] == "one seed").all()
+    comp = {(c.machine, str(c.cores), c.metric): c for c in read_csv(res / "paper_comparison.csv").itertuples()}
+    ours = summary[(summary.method == "ensemble_majority") & (summary.ranks == 2)].time_decrease_pct.item()
+    row = comp[("laptop", "2", "time_decrease")]
+    assert row.ours_mean == pytest.approx(ours, abs=1e-4) and row.difference_pp == pytest.approx(ours - 22.52, abs=1e-4)
+    assert row.our_cores_used == 2 and not row.our_oversubscribed and row.n_seeds == 1
+    assert np.isnan(comp[("laptop", "5", "time_decrease")].ours_mean)
+    times = read_csv(res / "rank_times.csv")
+    assert len(times[(times.method == "ensemble_majority") & (times.ranks == 2)]) == 2
+    page = (res / "tables" / "summary.html").read_text()
+    assert page.count("<tr>") == 1 + len(stats) + 1 + len(diffs) + 1 + len(comp) + 1 + len(summary)
+
+
+@pytest.mark.workflow
 def test_figures_and_provenance(smoke_run):
-    for name in ("fig5_sequential.png", "fig6_scaling.png", "speedup.png", "rank_times.png"):
+    for name in FIGURES:
         png = (smoke_run / "results" / "figures" / name).read_bytes()
         assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 20_000
     prov = json.loads((smoke_run / "results" / "provenance.json").read_text())
-    assert prov["cpu_model"] and prov["versions"]["tensorflow-cpu"] and prov["mpi_library"]
+    assert prov["cpu_model"] and prov["versions"]["tensorflow-cpu"] and prov["mpi_library"] and prov["isa_flags"]
 
 
+@pytest.mark.workflow
 def test_same_config_gives_same_ensemble_predictions(smoke_run):
-    probs = smoke_run / "results" / "ensemble" / "ranks2" / "seed0" / "probabilities.npy"
+    probs = smoke_run / "results" / "ensemble_majority" / "ranks2" / "seed0" / "probabilities.npy"
     before = np.load(probs)
     snakemake(smoke_run, "--config", *SMOKE, "--forcerun", "train_mpi_ranks2")
     after = np.load(probs)
@@ -72,21 +143,94 @@ def test_same_config_gives_same_ensemble_predictions(smoke_run):
     np.testing.assert_allclose(before, after, atol=1e-6)
 
 
+@pytest.mark.workflow
 def test_nothing_left_to_do_after_a_complete_run(smoke_run):
     out = snakemake(smoke_run, "--config", *SMOKE, "-n")
     assert "Nothing to be done" in out.stdout + out.stderr
 
 
-def test_html_report_is_self_contained(smoke_run):
+def find_chromium():
+    return next((shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome") if shutil.which(n)), None)
+
+
+@pytest.mark.workflow
+def test_report_renders_in_headless_chromium(smoke_run, tmp_path):
+    browser = find_chromium()
+    if browser is None:
+        skip_unless_required("Chromium is not installed (Debian: apt-get install -y chromium; .ci/run installs it)")
     snakemake(smoke_run, "--config", *SMOKE, "--report", "results/report.html")
-    html = (smoke_run / "results" / "report.html").read_text(errors="replace")
-    assert len(html) > 100_000 and "summary.csv" in html and "fig6_scaling.png" in html
+    page = (smoke_run / "results" / "report.html").read_text()
+    assert len(page) > 100_000 and "summary.csv" in page and "fig6_scaling.png" in page
+    # Drive the report's own viewer (as a click does) and record what the browser rendered.
+    probe = (Path(__file__).parent / "report_render_check.js").read_text()
+    at = page.rindex("</body>")
+    (tmp_path / "report.html").write_text(page[:at] + f"<script>{probe}</script>" + page[at:])
+    cmd = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+           "--disable-background-networking", "--disable-component-update", "--disable-sync",
+           f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=60000", "--dump-dom",
+           (tmp_path / "report.html").as_uri()]
+    dom = subprocess.run(cmd, capture_output=True, text=True, timeout=300).stdout
+    found = re.search(r'<pre id="render-check">(.*?)</pre>', dom, re.S)
+    assert found, "the probe never ran: the report did not load in Chromium\n" + dom[-2000:]
+    check = json.loads(html.unescape(found.group(1)))
+    assert check["stage"] == "done" and not check["errors"], check
+    assert set(check["categories"]) >= {"Summary", "Figures", "Methods", "Provenance"}
+    visible = re.sub(r"<script.*?</script>", "", dom, flags=re.S)
+    for category in ("Summary", "Figures", "Methods", "Provenance"):
+        assert category in visible  # in the rendered navigation, not only in the data
+    figures = {Path(p).name: f for p, f in check["figures"].items()}
+    assert set(figures) == FIGURES
+    for name, fig in figures.items():
+        assert fig["shown"] and fig["width"] > 500 and fig["height"] > 200 and fig["caption"] > 50, (name, fig)
+    tables = check["tables"]["results/tables/summary.html"]
+    summary = summary_of(smoke_run)
+    assert tables["iframe"] and tables["tables"]["summary"]["rows"] == len(summary)
+    assert tables["tables"]["summary"]["header"] == list(summary.columns)
+    assert 'class="render-check-table"><table id="summary"' in dom  # the table itself, rendered in the page
+    for method in (*PAPER_METHODS, *NEW_METHODS):
+        shown = check["tables"][f"results/tables/methods/{method}.html"]
+        assert shown["iframe"] and shown["tables"][f"method-{method}"]["rows"] >= 1
+    prov = check["tables"]["results/tables/provenance.html"]["tables"]["provenance"]["text"]
+    for key in ("cpu_model", "cpu_count", "isa_flags", "versions.tensorflow-cpu", "versions.keras", "mpi_library",
+                "git_commit", "workflow_cores", "threads."):
+        assert key in prov, key
+
+
+# --- plans and refusals, no training --------------------------------------------------------------------------
+
+
+def job_counts(text):
+    return {rule: int(n) for rule, n in re.findall(r"^(\w+)\s+(\d+)$", text, re.M)}
+
+
+def test_every_method_runs_for_every_seed(tmp_path):
+    # In a fresh copy: results of an earlier run in the checkout would hide jobs from the dry run.
+    out = snakemake(project_copy(tmp_path), "-n", "--config", "ranks=[1,2]", "seeds=[0,1,2]",
+                    "max_train_images=6000")
+    counts = job_counts(out.stdout)
+    assert counts["train_sequential"] == 6  # 2 baselines x 3 seeds
+    for rule in ("train_mpi_ranks1", "train_mpi_ranks2", "train_data_parallel_ranks1", "train_data_parallel_ranks2",
+                 "single_shard"):
+        assert counts[rule] == 3, (rule, counts)
+    assert counts["vote_variants"] == 6 and counts["ensemble"] == 6
+
+
+def test_controls_run_where_the_ranks_fit_unless_asked_for_every_rank(tmp_path):
+    work = project_copy(tmp_path)
+    default = job_counts(snakemake(work, "-n", "--config", "ranks=[1,2,3,4]").stdout)
+    assert {r for r in default if r.startswith("train_mpi_ranks")} == {f"train_mpi_ranks{n}" for n in (1, 2, 3, 4)}
+    assert {r for r in default if r.startswith("train_data_parallel")} == {"train_data_parallel_ranks1",
+                                                                             "train_data_parallel_ranks2"}
+    assert default["ensemble"] == 4 and default["vote_variants"] == 2 and default["single_shard"] == 1
+    every = job_counts(snakemake(work, "-n", "--config", "ranks=[1,2,3,4]", "control_ranks=all").stdout)
+    assert every["train_data_parallel_ranks4"] == 1 and every["vote_variants"] == 4 and every["single_shard"] == 3
 
 
 @pytest.mark.parametrize(
     "override, key",
     [("ranks=[0]", "ranks"), ("epochs=0", "epochs"), ("validation_split=1.5", "validation_split"),
-     ("bogus_key=1", "bogus_key"), ("dataset=cifar", "dataset"), ("batch_size=-4", "batch_size")],
+     ("bogus_key=1", "bogus_key"), ("dataset=cifar", "dataset"), ("batch_size=-4", "batch_size"),
+     ("control_ranks=some", "control_ranks")],
 )
 def test_invalid_config_is_rejected_naming_the_key(override, key):
     out = snakemake(ROOT, "-n", "--config", override, check=False)
@@ -95,10 +239,47 @@ def test_invalid_config_is_rejected_naming_the_key(override, key):
     assert "Error validating config" in text and key in text
 
 
+def test_kmnist_is_refused_before_any_job():
+    out = snakemake(ROOT, "-n", "--config", "dataset=kmnist", check=False)
+    assert out.returncode != 0
+    assert "kmnist" in out.stdout + out.stderr and "not recorded" in out.stdout + out.stderr
+
+
 def test_lint_and_format_are_clean():
     lint = snakemake(ROOT, "--lint", check=False)
     assert lint.returncode == 0 and "good condition" in lint.stdout + lint.stderr, lint.stdout + lint.stderr
-    import subprocess
-
     fmt = subprocess.run([str(BIN / "snakefmt"), "--check", "."], cwd=ROOT, capture_output=True, text=True)
     assert fmt.returncode == 0, fmt.stderr
+
+
+def test_one_cli_with_a_sub_command_per_rule():
+    """Every rule's shell command calls `python -m mpi_ensemble <its rule name>`; every sub-command is a rule."""
+    from mpi_ensemble import cli
+
+    rules = "\n".join(p.read_text() for p in (ROOT / "workflow" / "rules").glob("*.smk"))
+    called = set(re.findall(r"-m mpi_ensemble (\w+)", rules))
+    commands = set(cli.build_parser()._subparsers._group_actions[0].choices)
+    assert called == commands
+    declared = set(re.findall(r"^rule (\w+):", rules, re.M)) | {"train_mpi_ranks", "train_data_parallel"}
+    assert commands <= declared
+
+
+# --- another dataset ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.workflow
+def test_fashion_mnist_smoke_run(tmp_path):
+    fashion_files_or_skip()
+    work = project_copy(tmp_path)
+    target = "results/ensemble_majority/ranks2/seed0/result.json"
+    snakemake(work, target, "results/data_parallel/ranks2/seed0/result.json", "--config", "dataset=fashion_mnist",
+              f"data_dir={FASHION_DIR}", "max_train_images=4000", "max_test_images=500", "epochs=1", "ranks=[2]",
+              "seeds=[0]")
+    log = (work / "logs" / "fetch_data.log").read_text()
+    assert log.count("SHA-256 verified") == 4 and str(FASHION_DIR) in log
+    labels = np.load(work / "results" / "data" / "fashion_mnist" / "train_y.npy")
+    assert len(labels) == 4000 and len(np.unique(labels)) == 10
+    result = json.loads((work / target).read_text())
+    assert result["ranks"] == 2 and result["metrics"]["accuracy"] > 0.3  # chance is 0.1
+    dp = json.loads((work / "results" / "data_parallel" / "ranks2" / "seed0" / "result.json").read_text())
+    assert dp["weights_identical"] and dp["metrics"]["accuracy"] > 0.3

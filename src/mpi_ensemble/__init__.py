@@ -1,6 +1,8 @@
 """Reproduction of Rehman et al.: MPI-sharded CNN training on MNIST combined by majority vote.
 
-The package holds the pure logic; `workflow/rules/*.smk` call it through `python -m mpi_ensemble.cli`.
+One module per stage of the workflow (data, training, combine, summarize, with plots for the figures), the
+building blocks they share (model, runtime, records, allreduce, voting, metrics, atomic, faults), and one command
+line whose sub-commands carry the rule names: `python -m mpi_ensemble RULE ...` (cli.py).
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

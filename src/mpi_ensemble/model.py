@@ -54,17 +54,25 @@ def parameter_count(input_shape=IMAGE_SHAPE):
     return total
 
 
-def forward_flops(input_shape=IMAGE_SHAPE):
-    """Multiply-adds x2 of the weighted layers for one image (pooling and activations are negligible)."""
-    total = 0
+def layer_flops(input_shape=IMAGE_SHAPE):
+    """Multiply-adds x2 of each weighted layer's forward pass for one image (pooling and activations are
+    negligible)."""
+    flops = []
     for kind, inp, out in layer_shapes(input_shape):
         if kind == "conv":
-            total += 2 * KERNEL * KERNEL * inp[2] * out[0] * out[1] * out[2]
+            flops.append(2 * KERNEL * KERNEL * inp[2] * out[0] * out[1] * out[2])
         else:
-            total += 2 * inp[0] * out[0]
-    return total
+            flops.append(2 * inp[0] * out[0])
+    return flops
+
+
+def forward_flops(input_shape=IMAGE_SHAPE):
+    return sum(layer_flops(input_shape))
 
 
 def training_flops_per_image(input_shape=IMAGE_SHAPE):
-    """Forward + backward ≈ 3x forward (gradients w.r.t. activations and weights)."""
-    return 3 * forward_flops(input_shape)
+    """What one training step computes per image: the forward pass, the weight gradient of every weighted layer
+    (as costly as its forward pass), and the input gradient of every weighted layer but the first, whose input is
+    the image itself and needs none."""
+    flops = layer_flops(input_shape)
+    return sum(flops) + sum(flops) + sum(flops[1:])

@@ -1,90 +1,54 @@
-"""The paper's figures, ours drawn beside the paper's reported values."""
+"""The figures: the paper's (Figs. 5-7) with its reported values beside ours, the speed-up and per-rank times, and
+the methods beyond the paper. Every error bar is ±1 sample standard deviation over seeds (ddof=1, from
+summary_stats.csv); a single seed draws none."""
 
 import matplotlib
 
 matplotlib.use("Agg")  # no display on workstations' batch nodes or in CI
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from matplotlib.ticker import MaxNLocator, ScalarFormatter  # noqa: E402
 
-from .io import atomic_path  # noqa: E402
+from .atomic import atomic_path  # noqa: E402
 
-PAPER_STYLE = {"laptop": ("tab:gray", "s", "paper: laptop i5-1135G7"), "xeon": ("tab:brown", "^", "paper: Xeon Gold 6354")}
+PAPER_STYLE = {"laptop": ("tab:gray", "s", "paper: laptop i5-1135G7"),
+               "xeon": ("tab:brown", "^", "paper: Xeon Gold 6354")}
+METHOD_STYLE = {
+    "ensemble_majority": ("tab:blue", "o", "ensemble, majority (paper)"),
+    "ensemble_majority_tiebreak": ("tab:cyan", "v", "ensemble, majority + confidence tie-break"),
+    "ensemble_soft": ("tab:green", "D", "ensemble, soft vote"),
+    "single_shard": ("tab:red", "x", "single shard (rank 0 alone, 1/N of the data)"),
+    "data_parallel": ("tab:purple", "s", "data-parallel (allreduce)"),
+}
+SD_NOTE = "error bars: ±1 sample sd over seeds"
 
 
 def paper_values(paper, metric):
     """{machine: {cores: value}} for one metric of the paper's table."""
     out = {}
-    for row in paper:
-        if row["metric"] == metric:
-            out.setdefault(row["machine"], {})[row["cores"]] = float(row["value"])
+    for row in paper[paper["metric"] == metric].itertuples():
+        out.setdefault(row.machine, {})[str(row.cores)] = float(row.value)
     return out
 
 
-def mean_by(rows, key, value, **match):
-    groups = {}
-    for row in rows:
-        if all(row.get(k) == v for k, v in match.items()) and row.get(value) is not None:
-            groups.setdefault(row[key], []).append(row[value])
-    return {k: (float(np.mean(v)), float(np.std(v))) for k, v in sorted(groups.items(), key=lambda kv: str(kv[0]))}
+def paper_speedup(time_decrease_pct):
+    """The speed-up a reported time decrease d (%) means: t_N = (1 - d/100) t_1, so t_1 / t_N = 1 / (1 - d/100)."""
+    return 1.0 / (1.0 - time_decrease_pct / 100.0)
 
 
-def sequential_figure(rows, paper, path):
-    """Fig. 5: sequential accuracy and fit time."""
-    labels, acc, fit, colors = [], [], [], []
-    for machine, (color, _, label) in PAPER_STYLE.items():
-        labels.append(label.replace("paper: ", "paper\n"))
-        acc.append(paper_values(paper, "sequential_accuracy")[machine]["1"])
-        fit.append(paper_values(paper, "sequential_fit_seconds")[machine]["1"])
-        colors.append(color)
-    for threads, (a, _) in mean_by(rows, "threads", "accuracy", method="sequential").items():
-        labels.append(f"ours\nthreads={threads}")
-        acc.append(100 * a)
-        fit.append(mean_by(rows, "threads", "fit_seconds_mean", method="sequential")[threads][0])
-        colors.append("tab:blue")
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
-    ax1.bar(labels, acc, color=colors)
-    ax1.set_ylim(min(acc) - 2, 100)
-    ax1.set_ylabel("test accuracy (%)")
-    ax2.bar(labels, fit, color=colors)
-    ax2.set_ylabel("fit() time (s)")
-    for ax, values in ((ax1, acc), (ax2, fit)):
-        for i, v in enumerate(values):
-            ax.annotate(f"{v:.2f}", (i, v), ha="center", va="bottom", fontsize=8)
-        ax.tick_params(axis="x", labelsize=8)
-    fig.suptitle("Fig. 5: sequential baseline (paper's values in grey/brown, ours in blue)")
-    save(fig, path)
+def series(stats, method, metric, scale=1.0, **match):
+    """(ranks, means, sds) of one method's statistics, by ranks; missing sds (one seed) are 0."""
+    rows = stats[stats["method"] == method]
+    for key, value in match.items():
+        rows = rows[rows[key] == value]
+    rows = rows.dropna(subset=[f"{metric}_mean"]).sort_values("ranks")
+    return (rows["ranks"].tolist(), (scale * rows[f"{metric}_mean"]).tolist(),
+            (scale * rows[f"{metric}_sd"].fillna(0.0)).tolist())
 
 
-def scaling_figure(rows, paper, path):
-    """Fig. 6/7: time decrease and ensemble accuracy against the number of ranks (cores)."""
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
-    for machine, (color, marker, label) in PAPER_STYLE.items():
-        values = paper_values(paper, "time_decrease")[machine]
-        ax1.plot([int(c) for c in values], list(values.values()), marker=marker, color=color, label=label)
-        lo = paper_values(paper, "ensemble_accuracy_min")[machine]
-        hi = paper_values(paper, "ensemble_accuracy_max")[machine]
-        span = [int(c) for c in next(iter(lo)).split("-")]
-        ax2.fill_between(span, list(lo.values()) * 2, list(hi.values()) * 2, color=color, alpha=0.25, label=label + " (range)")
-    ens = [r for r in rows if r["method"] == "ensemble_majority"]
-    for over, style in ((False, "o-"), (True, "o--")):
-        pts = mean_by([r for r in ens if r["oversubscribed"] == over], "ranks", "time_decrease_pct")
-        if pts:
-            tag = "ours, oversubscribed (ranks > cores)" if over else "ours"
-            ax1.errorbar(list(pts), [m for m, _ in pts.values()], yerr=[s for _, s in pts.values()],
-                         fmt=style, color="tab:blue", mfc="white" if over else "tab:blue", label=tag)
-    accs = mean_by(ens, "ranks", "accuracy")
-    ax2.errorbar(list(accs), [100 * m for m, _ in accs.values()], yerr=[100 * s for _, s in accs.values()],
-                 fmt="o-", color="tab:blue", label="ours: majority-vote ensemble")
-    for threads, (a, _) in mean_by(rows, "threads", "accuracy", method="sequential").items():
-        ax2.axhline(100 * a, color="tab:blue", ls=":", lw=1, label=f"ours: sequential threads={threads}")
-    ax1.axhline(0, color="black", lw=0.5)
-    ax1.set(xlabel="MPI ranks (cores)", ylabel="fit() time decrease vs sequential (%)")
-    ax2.set(xlabel="MPI ranks (cores)", ylabel="test accuracy (%)")
-    for ax in (ax1, ax2):
-        ax.legend(fontsize=7)
-        ax.grid(alpha=0.3)
-    fig.suptitle("Fig. 6/7: training-time decrease and ensemble accuracy vs number of ranks")
-    save(fig, path)
+def sequential_rows(stats):
+    return stats[stats["method"] == "sequential"].sort_values("threads", key=lambda t: t.astype(str))
 
 
 def save(fig, path):
@@ -94,61 +58,195 @@ def save(fig, path):
     plt.close(fig)
 
 
-def paper_speedup(time_decrease_pct):
-    """The speed-up a reported time decrease d (%) means: t_N = (1 - d/100) t_1, so t_1 / t_N = 1 / (1 - d/100)."""
-    return 1.0 / (1.0 - time_decrease_pct / 100.0)
-
-
-def speedup_figure(rows, paper, path):
-    """Fit-time speed-up against the number of ranks: ideal, ours (against the 1-thread baseline; oversubscribed
-    runs left out) and the paper's two machines (from their time decrease against an all-threads baseline)."""
-    fig, ax = plt.subplots(figsize=(6.5, 4.5))
-    ens = [r for r in rows if r["method"] == "ensemble_majority" and not r["oversubscribed"]]
-    ours = mean_by(ens, "ranks", "speedup")
-    top = max([1, *ours, *(int(c) for v in paper_values(paper, "time_decrease").values() for c in v)])
-    ax.plot([1, top], [1, top], color="black", lw=1, ls="--", label="ideal (speed-up = N)")
-    for machine, (color, marker, label) in PAPER_STYLE.items():
-        values = paper_values(paper, "time_decrease")[machine]
-        ax.plot([int(c) for c in values], [paper_speedup(v) for v in values.values()], marker=marker, color=color,
-                label=label + " (from its time decrease)")
-    if ours:
-        ax.errorbar(list(ours), [m for m, _ in ours.values()], yerr=[s for _, s in ours.values()], fmt="o-",
-                    color="tab:blue", label="ours: 1-thread fit / slowest rank's fit")
-    jobs = mean_by(ens, "ranks", "job_speedup")
-    if jobs:
-        ax.plot(list(jobs), [m for m, _ in jobs.values()], "o:", color="tab:cyan", mfc="white",
-                label="ours: job wall-time speed-up")
-    ax.set(xlabel="MPI ranks (cores)", ylabel="speed-up of fit()", xscale="log", yscale="log")
-    ax.set_xticks([t for t in (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128) if t <= top])
-    ax.get_xaxis().set_major_formatter(matplotlib.ticker.ScalarFormatter())
-    ax.get_yaxis().set_major_formatter(matplotlib.ticker.ScalarFormatter())
-    ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=7)
-    ax.set_title("Speed-up against ranks (oversubscribed runs left out)", fontsize=10)
+def sequential_figure(stats, paper, path):
+    """Fig. 5: sequential accuracy and fit time."""
+    labels, acc, fit, acc_sd, fit_sd, colors = [], [], [], [], [], []
+    for machine, (color, _, label) in PAPER_STYLE.items():
+        labels.append(label.replace("paper: ", "paper\n"))
+        acc.append(paper_values(paper, "sequential_accuracy")[machine]["1"])
+        fit.append(paper_values(paper, "sequential_fit_seconds")[machine]["1"])
+        acc_sd.append(0.0), fit_sd.append(0.0), colors.append(color)
+    for row in sequential_rows(stats).itertuples():
+        labels.append(f"ours\nthreads={row.threads}")
+        acc.append(100 * row.accuracy_mean), acc_sd.append(100 * np.nan_to_num(row.accuracy_sd))
+        fit.append(row.fit_seconds_mean_mean), fit_sd.append(np.nan_to_num(row.fit_seconds_mean_sd))
+        colors.append("tab:blue")
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+    ax1.bar(labels, acc, yerr=acc_sd, color=colors, capsize=3)
+    ax1.set_ylim(min(acc) - 2, 100)
+    ax1.set_ylabel("test accuracy (%)")
+    ax2.bar(labels, fit, yerr=fit_sd, color=colors, capsize=3)
+    ax2.set_ylabel("fit() time (s)")
+    for ax, values in ((ax1, acc), (ax2, fit)):
+        for i, v in enumerate(values):
+            ax.annotate(f"{v:.2f}", (i, v), ha="center", va="bottom", fontsize=8)
+        ax.tick_params(axis="x", labelsize=8)
+    fig.suptitle(f"Fig. 5: sequential baseline (paper's values in grey/brown, ours in blue; {SD_NOTE})")
     save(fig, path)
 
 
-def rank_times_figure(results, path):
+def scaling_figure(stats, paper, path):
+    """Figs. 6/7: time decrease and ensemble accuracy against the number of ranks (cores)."""
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    for machine, (color, marker, label) in PAPER_STYLE.items():
+        values = paper_values(paper, "time_decrease")[machine]
+        ax1.plot([int(c) for c in values], list(values.values()), marker=marker, color=color, label=label)
+        lo = paper_values(paper, "ensemble_accuracy_min")[machine]
+        hi = paper_values(paper, "ensemble_accuracy_max")[machine]
+        span = [int(c) for c in next(iter(lo)).split("-")]
+        ax2.fill_between(span, list(lo.values()) * 2, list(hi.values()) * 2, color=color, alpha=0.25,
+                         label=label + " (range)")
+    for over, style in ((False, "o-"), (True, "o--")):
+        x, y, err = series(stats, "ensemble_majority", "time_decrease_pct", oversubscribed=over)
+        if x:
+            tag = "ours, oversubscribed (ranks > cores)" if over else "ours"
+            ax1.errorbar(x, y, yerr=err, fmt=style, color="tab:blue", mfc="white" if over else "tab:blue",
+                         capsize=3, label=tag)
+    x, y, err = series(stats, "ensemble_majority", "accuracy", 100.0)
+    ax2.errorbar(x, y, yerr=err, fmt="o-", color="tab:blue", capsize=3, label="ours: majority-vote ensemble")
+    for row in sequential_rows(stats).itertuples():
+        ax2.axhline(100 * row.accuracy_mean, color="tab:blue", ls=":", lw=1,
+                    label=f"ours: sequential threads={row.threads}")
+    ax1.axhline(0, color="black", lw=0.5)
+    ax1.set(xlabel="MPI ranks (cores)", ylabel="fit() time decrease vs sequential (%)")
+    ax2.set(xlabel="MPI ranks (cores)", ylabel="test accuracy (%)")
+    for ax in (ax1, ax2):
+        ax.legend(fontsize=7)
+        ax.grid(alpha=0.3)
+    fig.suptitle(f"Figs. 6/7: training-time decrease and ensemble accuracy vs number of ranks ({SD_NOTE})")
+    save(fig, path)
+
+
+def speedup_figure(stats, paper, path):
+    """Fit-time speed-up against the cores used: ideal, ours (against the 1-thread baseline, each point labelled
+    with its ranks; oversubscribed runs left out) and the paper's two machines (from their time decrease)."""
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    ours = stats[stats["method"].isin(["ensemble_majority", "sequential"]) & ~stats["oversubscribed"].astype(bool)]
+    ours = ours.dropna(subset=["speedup_mean"]).sort_values(["cores_used", "ranks"])
+    paper_td = paper_values(paper, "time_decrease")
+    top = max([1, *ours["cores_used"], *(int(c) for v in paper_td.values() for c in v)])
+    ax.plot([1, top], [1, top], color="black", lw=1, ls="--", label="ideal (speed-up = cores used)")
+    for machine, (color, marker, label) in PAPER_STYLE.items():
+        values = paper_td[machine]
+        ax.plot([int(c) for c in values], [paper_speedup(v) for v in values.values()], marker=marker, color=color,
+                label=label + " (from its time decrease; cores = ranks)")
+    for method, marker in (("ensemble_majority", "o"), ("sequential", "D")):
+        rows = ours[ours["method"] == method]
+        if rows.empty:
+            continue
+        ax.errorbar(rows["cores_used"], rows["speedup_mean"], yerr=rows["speedup_sd"].fillna(0.0), fmt=marker,
+                    color="tab:blue", capsize=3, label=f"ours: {method}, 1-thread fit / slowest rank's fit")
+        ax.plot(rows["cores_used"], rows["job_speedup_mean"], marker, color="tab:cyan", mfc="white",
+                label=f"ours: {method}, job wall-time speed-up")
+        for row in rows.itertuples():
+            tag = f"N={row.ranks}" if method != "sequential" else f"seq {row.threads}"
+            ax.annotate(tag, (row.cores_used, row.speedup_mean), fontsize=7, xytext=(4, 2),
+                        textcoords="offset points")
+    ax.set(xlabel="cores used (ranks × threads per rank)", ylabel="speed-up of fit()", xscale="log", yscale="log")
+    ax.set_xticks([t for t in (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128) if t <= top])
+    ax.get_xaxis().set_major_formatter(ScalarFormatter())
+    ax.get_yaxis().set_major_formatter(ScalarFormatter())
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=6)
+    ax.set_title(f"Speed-up against cores used, oversubscribed runs left out\n({SD_NOTE})", fontsize=9)
+    save(fig, path)
+
+
+def rank_times_figure(rank_times, path):
     """Each rank's fit() time per world size: the spread shows imbalance (the last rank's remainder, noise,
     shared cores); the slowest rank sets the phase's wall time."""
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
-    by_ranks = {}
-    for result in results:
-        timing = result["timing"]
-        by_ranks.setdefault(result["ranks"], []).append((timing.get("fit_seconds_per_rank") or [], result["oversubscribed"]))
-    for n, runs in sorted(by_ranks.items()):
-        for fits, over in runs:
-            xs = n + np.linspace(-0.15, 0.15, len(fits)) if len(fits) > 1 else [n] * len(fits)
-            ax.scatter(xs, fits, s=18, color="tab:orange" if over else "tab:blue", alpha=0.8,
-                       marker="x" if over else "o")
-            if fits:
-                ax.hlines(max(fits), n - 0.25, n + 0.25, color="black", lw=1)
+    ens = rank_times[rank_times["method"] == "ensemble_majority"]
+    for (n, _seed), run in ens.groupby(["ranks", "seed"]):
+        over = bool(run["oversubscribed"].iloc[0])
+        fits = run.sort_values("rank")["fit_seconds"].to_numpy()
+        xs = n + np.linspace(-0.15, 0.15, len(fits)) if len(fits) > 1 else [n]
+        ax.scatter(xs, fits, s=18, color="tab:orange" if over else "tab:blue", alpha=0.8, marker="x" if over else "o")
+        ax.hlines(fits.max(), n - 0.25, n + 0.25, color="black", lw=1)
     ax.scatter([], [], color="tab:blue", s=18, label="one rank's fit() time")
     ax.scatter([], [], color="tab:orange", marker="x", s=18, label="one rank, oversubscribed run")
     ax.hlines([], 0, 0, color="black", lw=1, label="slowest rank (the phase's wall time)")
     ax.set(xlabel="MPI ranks", ylabel="fit() time per rank (s)", ylim=(0, None))
-    ax.set_xticks(sorted(by_ranks))
+    ax.set_xticks(sorted(ens["ranks"].unique()))
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     ax.set_title("Per-rank fit() time (spread across ranks)", fontsize=10)
     save(fig, path)
+
+
+def sequential_lines(ax, stats, metric, scale=1.0):
+    for row in sequential_rows(stats).itertuples():
+        mean = scale * getattr(row, f"{metric}_mean")
+        sd = scale * np.nan_to_num(getattr(row, f"{metric}_sd"))
+        ax.axhline(mean, color="black", ls=":" if str(row.threads) == "all" else "--", lw=1,
+                   label=f"sequential threads={row.threads}")
+        if sd:
+            ax.axhspan(mean - sd, mean + sd, color="black", alpha=0.08)
+
+
+def methods_figure(stats, path):
+    """Accuracy, slowest rank's fit time and job wall time against N, one curve per method."""
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.5))
+    panels = ((axes[0], "accuracy", 100.0, "test accuracy (%)"),
+              (axes[1], "fit_seconds_max", 1.0, "fit time, slowest rank (s)"),
+              (axes[2], "job_seconds", 1.0, "job wall time: training + vote or evaluation (s)"))
+    for ax, metric, scale, label in panels:
+        for method, (color, marker, name) in METHOD_STYLE.items():
+            x, y, err = series(stats, method, metric, scale)
+            if x:
+                ax.errorbar(x, y, yerr=err, fmt=f"{marker}-", color=color, capsize=3, label=name)
+        sequential_lines(ax, stats, metric, scale)
+        ax.set(xlabel="MPI ranks N", ylabel=label)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    n = int(stats["n_seeds"].max()) if len(stats) else 0
+    fig.suptitle(f"Methods against the number of ranks (mean over up to {n} seed(s); {SD_NOTE})")
+    save(fig, path)
+
+
+def voting_figure(stats, path):
+    """How each combination rule compares with its own members: ensemble accuracy minus mean member accuracy."""
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.5))
+    for method in ("ensemble_majority", "ensemble_majority_tiebreak", "ensemble_soft"):
+        color, marker, name = METHOD_STYLE[method]
+        rows = stats[stats["method"] == method].dropna(subset=["member_accuracy_mean_mean"]).sort_values("ranks")
+        if not rows.empty:
+            gain = 100 * (rows["accuracy_mean"] - rows["member_accuracy_mean_mean"])
+            ax1.plot(rows["ranks"], gain, f"{marker}-", color=color, label=name)
+        x, y, err = series(stats, method, "accuracy", 100.0)
+        if x:
+            ax2.errorbar(x, y, yerr=err, fmt=f"{marker}-", color=color, capsize=3, label=name)
+    x, y, err = series(stats, "single_shard", "accuracy", 100.0)
+    if x:
+        ax2.errorbar(x, y, yerr=err, fmt="x--", color="tab:red", capsize=3, label=METHOD_STYLE["single_shard"][2])
+    ax1.axhline(0, color="black", lw=0.8)
+    ax1.set(xlabel="MPI ranks N", ylabel="ensemble − mean member accuracy (pp)",
+            title="gain over its own members (below 0: the vote hurts)")
+    ax2.set(xlabel="MPI ranks N", ylabel="test accuracy (%)", title="voting rules and the single-shard control")
+    for ax in (ax1, ax2):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle(f"Combining N members: majority (ties to the lowest class), confidence tie-break, soft vote "
+                 f"({SD_NOTE})")
+    save(fig, path)
+
+
+FIGURES = {
+    "fig_sequential": lambda t: sequential_figure(t["stats"], t["paper"], t["out"]),
+    "fig_scaling": lambda t: scaling_figure(t["stats"], t["paper"], t["out"]),
+    "fig_speedup": lambda t: speedup_figure(t["stats"], t["paper"], t["out"]),
+    "fig_rank_times": lambda t: rank_times_figure(t["rank_times"], t["out"]),
+    "fig_methods": lambda t: methods_figure(t["stats"], t["out"]),
+    "fig_voting": lambda t: voting_figure(t["stats"], t["out"]),
+}
+
+
+def figures(stats_path, rank_times_path, paper_path, outputs):
+    """Draw every figure named in `outputs` ({figure key: path}) from the summarize stage's tables."""
+    tables = {"stats": pd.read_csv(stats_path, dtype={"threads": str}),
+              "rank_times": pd.read_csv(rank_times_path),
+              "paper": pd.read_csv(paper_path, dtype={"cores": str})}
+    for key, path in outputs.items():
+        FIGURES[key]({**tables, "out": path})

@@ -1,15 +1,71 @@
-"""Threads, core binding and the MPI launcher: settled before TensorFlow starts, and recorded."""
+"""What a training process runs on, settled before TensorFlow starts and recorded: the CPU's flags, the Keras
+backend and precision, threads, core binding and the MPI launcher."""
 
 import os
 import re
 import shutil
 import subprocess
 
+PRECISIONS = ("float32", "mixed_bfloat16")
+BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 THREAD_ENV = ("OMP_NUM_THREADS", "TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS")
 INSTALL_HINT = (
     "Install an MPI launcher: `make venv` puts MPICH's mpiexec into .venv/bin (pip package `mpich`), "
     "or load your site's MPI module and rebuild mpi4py against it."
 )
+
+
+def cpu_flags(cpuinfo="/proc/cpuinfo"):
+    """The CPU's feature flags (empty when /proc/cpuinfo is unreadable, e.g. not Linux)."""
+    try:
+        with open(cpuinfo, encoding="utf-8") as handle:
+            for line in handle:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def check_precision(precision, flags):
+    """Refuse a precision the config cannot mean, and bfloat16 on a CPU that would emulate it (slower, not faster)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
+    if precision == "mixed_bfloat16" and not flags & set(BF16_FLAGS):
+        raise ValueError(
+            "precision mixed_bfloat16 needs a CPU with native bfloat16 arithmetic (flag avx512_bf16 or amx_bf16 "
+            "in /proc/cpuinfo); this CPU has neither, so bfloat16 would be emulated and slower than float32. "
+            "Set precision: float32."
+        )
+    return precision
+
+
+def keras_backend():
+    """The Keras backend that `import keras` will pick (KERAS_BACKEND, as Keras reads it; TensorFlow by default)."""
+    return os.environ.get("KERAS_BACKEND", "tensorflow")
+
+
+def import_keras(threads, precision="float32"):
+    """Import Keras with the thread pools already pinned (they cannot change later) and the precision policy set."""
+    check_precision(precision, cpu_flags() if precision != "float32" else set())
+    apply_threads(threads)
+    backend = keras_backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        apply_tf_threads(tf, threads)
+        # Same seed, same data -> same weights: op determinism costs little for this small CNN on a CPU.
+        tf.config.experimental.enable_op_determinism()
+    elif backend == "torch":  # the device sweep: TensorFlow is too large to carry there
+        import torch
+
+        if threads is not None:
+            torch.set_num_threads(threads)
+            torch.set_num_interop_threads(1)
+    import keras
+
+    keras.mixed_precision.set_global_policy(precision)
+    return keras
 
 
 def available_cores():
@@ -37,6 +93,11 @@ def threads_per_rank(cores, ranks):
 
 def is_oversubscribed(ranks, threads, cores):
     return ranks * threads > cores
+
+
+def oversubscribed_ranks(ranks, threads_of, cores):
+    """The world sizes among `ranks` whose ranks x threads (threads_of(n)) exceed the cores."""
+    return [n for n in ranks if is_oversubscribed(n, threads_of(n), cores)]
 
 
 def thread_env(threads):
@@ -113,6 +174,20 @@ def binding_args(flavour, threads, bind):
 def launch_command(launcher, flavour, ranks, threads, bind):
     """The full `mpiexec -n N ...` prefix; rank processes follow it."""
     return [launcher, "-n", str(ranks), *binding_args(flavour, threads, bind)]
+
+
+def launch_prefix(mpi, ranks, threads, bind, search_path=None):
+    """The command that starts `ranks` processes of `threads` threads each, from the rule's `mpi` resource.
+
+    `mpiexec`/`mpirun` (MPICH or Open MPI) get `-n N` and binding flags (none when `bind` is false); any other
+    launcher (`srun --mpi=pmi2`, ...) binds by its own options; an empty one runs a single rank as an MPI singleton.
+    Raises FileNotFoundError (with an install hint) for a launcher that is not on the path.
+    """
+    parts = str(mpi).split()
+    if not parts or os.path.basename(parts[0]) not in ("mpiexec", "mpirun"):
+        return scheduler_launch_command(parts, ranks, threads)
+    launcher = find_launcher(parts[0], search_path=search_path)
+    return launch_command(launcher, launcher_flavour(launcher), ranks, threads, bind) + parts[1:]
 
 
 def scheduler_launch_command(parts, ranks, threads):

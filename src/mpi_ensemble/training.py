@@ -1,82 +1,30 @@
-"""Training one model: the same code for the sequential baseline and for every MPI rank."""
+"""The training stage: the sequential baseline, the ensemble's MPI ranks and data-parallel training.
 
+All three share `fit`'s conventions (Keras' validation_split cut, seeded shuffles, only training timed) and write
+the same rank record (records.rank_record); the MPI ranks of both kinds start through one scaffold (`RankJob`).
+"""
+
+import hashlib
 import os
-import resource
+import sys
 import time
+import zipfile
+from pathlib import Path
 
-from . import data, model, provenance, runtime
+import numpy as np
 
-CRASH_ENV = "MPI_ENSEMBLE_CRASH_RANK"  # test-only: the rank that raises after its first epoch
-PRECISIONS = ("float32", "mixed_bfloat16")
-BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+from . import allreduce, atomic, data, faults, metrics, model, records, runtime
+
+CLASSES = 10
 # Train steps per call into the compiled graph: the same batches and updates, fewer Python round trips.
 STEPS_PER_EXECUTION = 16
 
 
-def keras_backend():
-    """The Keras backend that `import keras` will pick (KERAS_BACKEND, as Keras reads it; TensorFlow by default)."""
-    return os.environ.get("KERAS_BACKEND", "tensorflow")
+class ModelFileError(ValueError):
+    pass
 
 
-def cpu_flags(cpuinfo="/proc/cpuinfo"):
-    """The CPU's feature flags (empty when /proc/cpuinfo is unreadable, e.g. not Linux)."""
-    try:
-        with open(cpuinfo, encoding="utf-8") as handle:
-            for line in handle:
-                if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
-
-
-def check_precision(precision, flags):
-    """Refuse a precision the config cannot mean, and bfloat16 on a CPU that would emulate it (slower, not faster)."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
-    if precision == "mixed_bfloat16" and not flags & set(BF16_FLAGS):
-        raise ValueError(
-            "precision mixed_bfloat16 needs a CPU with native bfloat16 arithmetic (flag avx512_bf16 or amx_bf16 "
-            "in /proc/cpuinfo); this CPU has neither, so bfloat16 would be emulated and slower than float32. "
-            "Set precision: float32."
-        )
-    return precision
-
-
-def import_keras(threads, precision="float32"):
-    """Import Keras with the thread pools already pinned (they cannot change later) and the precision policy set."""
-    check_precision(precision, cpu_flags() if precision != "float32" else set())
-    runtime.apply_threads(threads)
-    backend = keras_backend()
-    if backend == "tensorflow":
-        import tensorflow as tf
-
-        runtime.apply_tf_threads(tf, threads)
-        # Same seed, same data -> same weights: op determinism costs little for this small CNN on a CPU.
-        tf.config.experimental.enable_op_determinism()
-    elif backend == "torch":  # the device sweep: TensorFlow is too large to carry there
-        import torch
-
-        if threads is not None:
-            torch.set_num_threads(threads)
-            torch.set_num_interop_threads(1)
-    import keras
-
-    keras.mixed_precision.set_global_policy(precision)
-    return keras
-
-
-def crash_callback(keras, rank):
-    """Make `rank` fail mid-training when the test-only variable names it."""
-    if os.environ.get(CRASH_ENV) != str(rank):
-        return []
-
-    class Crash(keras.callbacks.Callback):
-        def on_epoch_end(self, epoch, logs=None):
-            # The wall-clock time lets a test measure how fast the whole MPI job goes down after it.
-            raise RuntimeError(f"rank {rank}: crash injected through {CRASH_ENV} at unix time {time.time():.3f}")
-
-    return [Crash()]
+# --- fit: the shared training call ---------------------------------------------------------------------------
 
 
 def epoch_timer(keras):
@@ -95,12 +43,6 @@ def epoch_timer(keras):
             self.seconds.append(time.perf_counter() - self._start)
 
     return EpochTimer()
-
-
-def cpu_seconds():
-    """User + system CPU time of this process so far, all its threads together."""
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
 
 
 def tf_dataset(x, y, batch_size, seed=None):
@@ -167,40 +109,133 @@ def fit(keras, x, y, seed, settings, callbacks=()):
     cut = data.validation_split_index(len(x), settings["validation_split"])
     inputs = fit_inputs(keras, x, y, cut, settings["batch_size"], seed)
     timer = epoch_timer(keras)
-    start, cpu_start = time.perf_counter(), cpu_seconds()
+    start, cpu_start = time.perf_counter(), records.cpu_seconds()
     history = net.fit(**inputs, epochs=settings["epochs"], verbose=0, callbacks=[timer, *callbacks])
-    fit_seconds = time.perf_counter() - start
     facts = {
-        "fit_seconds": fit_seconds,
+        "fit_seconds": time.perf_counter() - start,
         "epoch_seconds": timer.seconds,
-        "fit_cpu_seconds": cpu_seconds() - cpu_start,
+        "fit_cpu_seconds": records.cpu_seconds() - cpu_start,
         "train_images": cut,
         "validation_images": len(x) - cut,
-        "precision": keras.mixed_precision.global_policy().name,
         "history": {key: [float(v) for v in values] for key, values in history.history.items()},
     }
     return net, facts
 
 
-def save_model(net, path):
-    from .io import atomic_path
+def weights_sha256(weights):
+    """Checksum of the exact float32 bytes of all weights (in layer order): equal only for bitwise-equal models."""
+    digest = hashlib.sha256()
+    for w in weights:
+        digest.update(np.ascontiguousarray(w, dtype=np.float32).tobytes())
+    return digest.hexdigest()
 
-    with atomic_path(path) as tmp:
+
+def save_model(net, path):
+    with atomic.atomic_path(path) as tmp:
         net.save(tmp)
+
+
+def load_model(keras, path):
+    """Load one saved model, naming the file when it is missing or damaged."""
+    if not zipfile.is_zipfile(path):
+        raise ModelFileError(f"{path}: not a valid .keras file (missing, truncated or corrupted); "
+                             "delete it and rerun the workflow to retrain that job")
+    try:
+        return keras.models.load_model(path)
+    except Exception as err:  # Keras raises many kinds for a damaged archive
+        raise ModelFileError(f"{path}: cannot be loaded as a Keras model ({err}); delete it and rerun") from err
 
 
 def predict(net, x):
     return net.predict(x, batch_size=1024, verbose=0)
 
 
-def timing_record(threads, started, facts, **extra):
-    """Everything needed to trust one timing: settings, binding, memory, host, versions."""
-    return {
-        **extra,
-        **facts,
-        "wall_seconds": time.perf_counter() - started,
-        "peak_rss_mb": provenance.peak_rss_mb(),
-        "cpu_seconds": cpu_seconds(),
-        "thread_settings": runtime.thread_settings(threads),
-        **provenance.host_facts(),
-    }
+def test_metrics(net, arrays):
+    """Weighted metrics of `net` on the test set."""
+    test_x, test_y = data.load_arrays(arrays["test_x"], arrays["test_y"])
+    return metrics.classification_metrics(test_y, predict(net, test_x).argmax(axis=1), CLASSES)
+
+
+# --- the three trainers ---------------------------------------------------------------------------------------
+
+
+def train_sequential(arrays, model_path, result_path, threads, seed, settings, job_cores):
+    """The baseline: one process, the whole training set; its result is scored on the test set."""
+    started = time.perf_counter()
+    threads = runtime.parse_threads(threads)
+    runtime.bind_self(threads)
+    keras = runtime.import_keras(threads, settings["precision"])
+    x, y = data.load_arrays(arrays["train_x"], arrays["train_y"])
+    net, facts = fit(keras, x, y, seed, settings)
+    save_model(net, model_path)
+    scores = test_metrics(net, arrays)
+    record = records.rank_record("sequential", 0, 1, seed, settings, threads, job_cores, started, facts,
+                                 shard=[0, len(x)], weights_sha256=weights_sha256(net.get_weights()))
+    atomic.write_json(result_path, records.result_record("sequential", [record], scores))
+    return f"sequential threads={record['thread_settings']['threads']} seed={seed}: fit {facts['fit_seconds']:.2f} s, " \
+           f"accuracy {scores['accuracy']:.4f}"
+
+
+class RankJob:
+    """What every MPI training rank does around its training: the world, the thread pools (pinned before Keras
+    starts), the oversubscription warning, and its rank record."""
+
+    def __init__(self, method, threads, precision, job_cores):
+        from mpi4py import MPI
+
+        self.started = time.perf_counter()
+        self.method, self.job_cores = method, job_cores
+        self.comm = MPI.COMM_WORLD
+        self.rank, self.size = self.comm.Get_rank(), self.comm.Get_size()
+        self.threads = runtime.parse_threads(threads)
+        self.keras = runtime.import_keras(self.threads, precision)
+        if self.rank == 0 and runtime.is_oversubscribed(self.size, self.threads or 1, job_cores):
+            print(f"warning: {self.size} ranks x {self.threads or 1} thread(s) exceed the job's {job_cores} cores; "
+                  "the ranks share cores (oversubscribed), so their fit times do not measure scaling",
+                  file=sys.stderr, flush=True)
+
+    def record(self, seed, settings, facts, **extra):
+        return records.rank_record(self.method, self.rank, self.size, seed, settings, self.threads, self.job_cores,
+                                   self.started, facts, mpi_library=records.mpi_library(), **extra)
+
+    def report(self, facts, what):
+        print(f"{self.method} rank {self.rank}/{self.size}: {what}, fit {facts['fit_seconds']:.2f} s, "
+              f"affinity {sorted(os.sched_getaffinity(0))}", flush=True)
+
+
+def train_mpi_ranks(arrays, out_dir, threads, seed, settings, job_cores):
+    """One rank of the ensemble's MPI job: train on this rank's contiguous shard, save its model and record."""
+    job = RankJob("ensemble_member", threads, settings["precision"], job_cores)
+    start, stop = data.shard_range(data.count_items(arrays["train_y"]), job.size, job.rank)
+    x, y = data.load_arrays(arrays["train_x"], arrays["train_y"], start, stop)
+    job.comm.Barrier()  # start the clocks together so the slowest rank's fit time is the phase's wall time
+    net, facts = fit(job.keras, x, y, seed + job.rank, settings, faults.keras_callbacks(job.keras, job.rank))
+    out = Path(out_dir)
+    save_model(net, out / f"rank{job.rank}.keras")
+    atomic.write_json(out / f"rank{job.rank}.json", job.record(
+        seed, settings, facts, shard=[start, stop], weights_sha256=weights_sha256(net.get_weights())))
+    job.comm.Barrier()
+    job.report(facts, f"shard [{start}, {stop})")
+
+
+def train_data_parallel(arrays, out_dir, threads, seed, settings, job_cores):
+    """One rank of synchronous data-parallel training; rank 0 checks the replicas agree, saves and scores."""
+    job = RankJob("data_parallel", threads, settings["precision"], job_cores)
+    x, y = data.load_arrays(arrays["train_x"], arrays["train_y"])
+    net, facts = allreduce.train(job.keras, job.comm, x, y, seed, settings)
+    checksum = weights_sha256(net.get_weights())
+    checksums = job.comm.allgather(checksum)
+    out = Path(out_dir)
+    record = job.record(seed, settings, facts, shard=[0, len(x)], weights_sha256=checksum)
+    atomic.write_json(out / f"rank{job.rank}.json", record)
+    members = job.comm.gather(record, root=0)
+    job.report(facts, f"weights {checksum[:12]}")
+    if job.rank == 0:
+        allreduce.check_identical(checksums)
+        save_model(net, out / "model.keras")
+        result = records.result_record("data_parallel", members, test_metrics(net, arrays),
+                                       steps_per_epoch=facts["steps_per_epoch"], weights_identical=True)
+        atomic.write_json(out / "result.json", result)
+        print(f"data_parallel ranks={job.size} seed={seed}: accuracy {result['metrics']['accuracy']:.4f}, "
+              f"{facts['steps_per_epoch']} steps/epoch, replicas identical", flush=True)
+    job.comm.Barrier()

@@ -1,7 +1,7 @@
 rule fetch_data:
     """Copy the dataset from data_dir or the bundled copy, or download it; verify every checksum."""
     input:
-        source_files,
+        data_source_files,
     output:
         files=expand("resources/{dataset}/{file}", dataset=DATASET, file=FILES),
     log:
@@ -10,10 +10,10 @@ rule fetch_data:
         "../../envs/data.yaml"
     params:
         dataset=DATASET,
-        source=lambda wc: f"--source-dir {DATA_SOURCE}" if DATA_SOURCE else "",
+        source=f"--source-dir {DATA_SOURCE}" if DATA_SOURCE else "",
         mirrors=" ".join(f"--mirror {m}" for m in config["mirrors"] or []),
     shell:
-        "python -m mpi_ensemble.cli fetch --dataset {params.dataset} {params.source} {params.mirrors} "
+        "python -m mpi_ensemble fetch_data --dataset {params.dataset} {params.source} {params.mirrors} "
         "--out {output.files} > {log} 2>&1"
 
 
@@ -33,6 +33,6 @@ rule preprocess:
         dataset=DATASET,
         subset=subset_args(),
     shell:
-        "python -m mpi_ensemble.cli preprocess --dataset {params.dataset} --inputs {input.files} "
+        "python -m mpi_ensemble preprocess --dataset {params.dataset} --inputs {input.files} "
         "--train-x {output.train_x} --train-y {output.train_y} "
         "--test-x {output.test_x} --test-y {output.test_y} {params.subset} > {log} 2>&1"

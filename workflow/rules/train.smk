@@ -1,13 +1,14 @@
+# Every training job claims all local cores (`threads`), so no two timed jobs overlap; MPI jobs share them out
+# (cores // N threads per rank) and, under SLURM, ask for N tasks of that many CPUs each (never N x threads).
+
+
 rule train_sequential:
     """The baseline: one process, the whole training set; threads=1 or threads=all (the paper's setting)."""
     input:
-        train_x=ARRAYS["train_x"],
-        train_y=ARRAYS["train_y"],
-        test_x=ARRAYS["test_x"],
-        test_y=ARRAYS["test_y"],
+        **ARRAYS,
     output:
         model="results/sequential/threads{threads}/seed{seed}/model.keras",
-        record="results/sequential/threads{threads}/seed{seed}/record.json",
+        result="results/sequential/threads{threads}/seed{seed}/result.json",
     log:
         "logs/train_sequential/threads{threads}/seed{seed}.log",
     benchmark:
@@ -17,17 +18,17 @@ rule train_sequential:
         seed=r"\d+",
     conda:
         "../../envs/train.yaml"
-    # All local cores, so that no other training job runs beside it and disturbs the timing.
     threads: CORES
     params:
         training=TRAINING_ARGS,
     shell:
-        "python -m mpi_ensemble.cli sequential --threads {wildcards.threads} --seed {wildcards.seed} "
-        "--train-x {input.train_x} --train-y {input.train_y} --test-x {input.test_x} --test-y {input.test_y} "
-        "{params.training} --model {output.model} --record {output.record} > {log} 2>&1"
+        "python -m mpi_ensemble train_sequential --threads {wildcards.threads} --job-cores {threads} "
+        "--seed {wildcards.seed} --train-x {input.train_x} --train-y {input.train_y} "
+        "--test-x {input.test_x} --test-y {input.test_y} {params.training} "
+        "--model {output.model} --result {output.result} > {log} 2>&1"
 
 
-# One rule per world size N: each rank writes its own model and timing record, so the outputs are listed
+# One rule per world size N: each rank writes its own model and rank record, so the outputs are listed
 # exactly and a lost or damaged model file reruns just the job that made it.
 for n in RANKS:
 
@@ -39,14 +40,10 @@ for n in RANKS:
             train_y=ARRAYS["train_y"],
         output:
             models=expand(
-                "results/models/ranks{n}/seed{{seed}}/rank{rank}.keras",
-                n=n,
-                rank=range(n),
+                "results/models/ranks{n}/seed{{seed}}/rank{rank}.keras", n=n, rank=range(n)
             ),
             records=expand(
-                "results/models/ranks{n}/seed{{seed}}/rank{rank}.json",
-                n=n,
-                rank=range(n),
+                "results/models/ranks{n}/seed{{seed}}/rank{rank}.json", n=n, rank=range(n)
             ),
         log:
             f"logs/train_mpi/ranks{n}/seed{{seed}}.log",
@@ -56,19 +53,55 @@ for n in RANKS:
             seed=r"\d+",
         conda:
             "../../envs/train.yaml"
-        # All local cores: the ranks share them out (cores // N threads each) and no job overlaps the timing.
         threads: max(CORES, n)
         resources:
             mpi="mpiexec",
             tasks=n,
-            # Each rank's CPUs; under SLURM, --cpus-per-task (else the plugin asks for `threads` per rank: N²).
             cpus_per_task=threads_per_rank(n),
         params:
             out_dir=lambda wc, output: os.path.dirname(output.models[0]),
-            threads=lambda wc, resources: resources.cpus_per_task,
             launch=launch_prefix,
             training=TRAINING_ARGS,
         shell:
-            "{params.launch} python -m mpi4py -m mpi_ensemble.cli ranks --threads {params.threads} "
-            "--job-cores {threads} --seed {wildcards.seed} --train-x {input.train_x} --train-y {input.train_y} "
-            "{params.training} --out-dir {params.out_dir} > {log} 2>&1"
+            "{params.launch} python -m mpi4py -m mpi_ensemble train_mpi_ranks "
+            "--threads {resources.cpus_per_task} --job-cores {threads} --seed {wildcards.seed} "
+            "--train-x {input.train_x} --train-y {input.train_y} {params.training} "
+            "--out-dir {params.out_dir} > {log} 2>&1"
+
+
+# The same per world size for synchronous data-parallel training (one model, gradients allreduced every step).
+for n in CONTROL_RANKS:
+
+    rule:
+        name:
+            f"train_data_parallel_ranks{n}"
+        input:
+            **ARRAYS,
+        output:
+            model=f"results/data_parallel/ranks{n}/seed{{seed}}/model.keras",
+            result=f"results/data_parallel/ranks{n}/seed{{seed}}/result.json",
+            records=expand(
+                "results/data_parallel/ranks{n}/seed{{seed}}/rank{rank}.json", n=n, rank=range(n)
+            ),
+        log:
+            f"logs/train_data_parallel/ranks{n}/seed{{seed}}.log",
+        benchmark:
+            f"results/benchmarks/train_data_parallel/ranks{n}_seed{{seed}}.tsv"
+        wildcard_constraints:
+            seed=r"\d+",
+        conda:
+            "../../envs/train.yaml"
+        threads: max(CORES, n)
+        resources:
+            mpi="mpiexec",
+            tasks=n,
+            cpus_per_task=threads_per_rank(n),
+        params:
+            out_dir=lambda wc, output: os.path.dirname(output.model),
+            launch=launch_prefix,
+            training=TRAINING_ARGS,
+        shell:
+            "{params.launch} python -m mpi4py -m mpi_ensemble train_data_parallel "
+            "--threads {resources.cpus_per_task} --job-cores {threads} --seed {wildcards.seed} "
+            "--train-x {input.train_x} --train-y {input.train_y} --test-x {input.test_x} "
+            "--test-y {input.test_y} {params.training} --out-dir {params.out_dir} > {log} 2>&1"

@@ -39,6 +39,11 @@ def write_json(path, obj):
     write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=_jsonable) + "\n")
 
 
+def write_csv(path, frame):
+    """A pandas DataFrame as CSV (no index column; floats to 6 significant digits, missing values empty)."""
+    write_text(path, frame.to_csv(index=False, lineterminator="\n", float_format="%.6g"))
+
+
 def read_json(path):
     with open(path, encoding="utf-8") as handle:
         return json.load(handle)

@@ -1,4 +1,5 @@
-"""The workflow submitted through the SLURM profile to a real single-node SLURM cluster (tests/slurm_cluster.py).
+"""The cluster: the workflow submitted through the SLURM profile to a real single-node SLURM cluster
+(tests/slurm_cluster.py).
 
 Without root or without the slurm-wlm/munge packages the cluster tests are skipped with the reason; with
 REQUIRE_SLURM=1 (CI) that is a failure instead. The unit tests at the top run everywhere.
@@ -145,7 +146,7 @@ def test_outputs_match_the_local_run(slurm_run):
     assert {(r["method"], r["ranks"]) for r in rows} >= {("data_parallel", "1"), ("data_parallel", "2")}
     for row in rows:
         assert 0.5 < float(row["accuracy"]) <= 1.0, row
-        assert row["oversubscribed"] == "false"
+        assert row["oversubscribed"] == "False"
     for row in paper_rows:
         assert 0 < float(row["fit_seconds_mean"]) <= float(row["fit_seconds_max"]) < float(row["job_seconds"])
     ensemble = next(r for r in rows if r["method"] == "ensemble_majority" and r["ranks"] == "2")
@@ -163,10 +164,11 @@ def test_compute_jobs_were_submitted_and_the_rest_ran_locally(slurm_run):
     assert set(rules) == {"preprocess", "train_sequential", "train_mpi_ranks1", "train_mpi_ranks2",
                           "train_data_parallel_ranks1", "train_data_parallel_ranks2"}, log[-3000:]
     assert len(rules["train_sequential"]) == 2 and len(rules["train_mpi_ranks2"]) == 1
-    for rule in ("fetch_data", "ensemble", "report", "vote_variants", "single_shard", "method_table", "beyond_report"):
+    for rule in ("fetch_data", "ensemble", "vote_variants", "single_shard", "summarize", "figures", "tables",
+                 "method_table"):
         assert f"localrule {rule}:" in log
     for threads in ("1", "all"):
-        record = json.loads((work / f"results/sequential/threads{threads}/seed0/record.json").read_text())
+        record = json.loads((work / f"results/sequential/threads{threads}/seed0/result.json").read_text())
         assert record["scheduler"]["SLURM_JOB_ID"] in rules["train_sequential"]
 
 

@@ -1,0 +1,87 @@
+"""The combine stage: the ensemble's saved members voted on the test set (the paper's majority vote), the same
+members combined by the other vote rules, and the single-shard control (rank 0's model alone).
+
+The ensemble rule predicts the test set once and stores every member's softmax output; the other rules reuse
+those probabilities (no TensorFlow, no second prediction). All results are built by records.result_record.
+"""
+
+import numpy as np
+
+from . import atomic, data, metrics, records, runtime, training, voting
+
+CLASSES = 10
+# Other ways to combine the same N members: (winners, mask of the ties the rule had to break).
+VOTE_VARIANTS = {
+    "ensemble_soft": lambda probs: (voting.soft_vote(probs), np.zeros(probs.shape[1], dtype=bool)),
+    "ensemble_majority_tiebreak": voting.majority_vote_tiebreak,
+}
+
+
+def member_records(paths, ranks=None):
+    """The rank records of one MPI job, in rank order; all of them, or the error says which are missing."""
+    members = sorted((atomic.read_json(p) for p in paths), key=lambda r: r["rank"])
+    expected = list(range(ranks if ranks is not None else members[0]["ranks"]))
+    if [r["rank"] for r in members] != expected:
+        raise ValueError(f"rank records cover ranks {[r['rank'] for r in members]}, expected {expected}")
+    return members
+
+
+def load_probabilities(path, n_test, members=None):
+    """The members' saved softmax outputs, (members, test images, classes), checked against what they belong to."""
+    probs = np.load(path)
+    if probs.ndim != 3 or probs.shape[1] != n_test or (members is not None and probs.shape[0] != members):
+        want = f"({members if members is not None else 'members'}, {n_test}, classes)"
+        raise ValueError(f"{path}: expected {want} probabilities, got {probs.shape}; delete it and rerun")
+    return probs
+
+
+def member_accuracy(probabilities, test_y):
+    return [float((p.argmax(axis=1) == test_y).mean()) for p in probabilities]
+
+
+def ensemble(model_paths, record_paths, test_x_path, test_y_path, result_path, probabilities_path):
+    """Majority vote of the N saved members (ties to the lowest class, as the paper's bincount().argmax())."""
+    keras = runtime.import_keras(1)
+    members = member_records(record_paths, len(model_paths))
+    test_x, test_y = data.load_arrays(test_x_path, test_y_path)
+    probabilities = np.stack([training.predict(training.load_model(keras, p), test_x) for p in model_paths])
+    winners, ties = voting.majority_vote(probabilities.argmax(axis=2), CLASSES)
+    scores = metrics.classification_metrics(test_y, winners, CLASSES)
+    atomic.write_npy(probabilities_path, probabilities.astype(np.float32))
+    result = records.result_record("ensemble_majority", members, scores, ties.sum(),
+                                   member_accuracy(probabilities, test_y))
+    atomic.write_json(result_path, result)
+    return (f"ensemble of {len(model_paths)}: accuracy {scores['accuracy']:.4f}, {int(ties.sum())} ties, "
+            f"members {', '.join(f'{a:.4f}' for a in result['member_accuracy'])}")
+
+
+def vote_variants(probabilities_path, record_paths, test_y_path, result_paths):
+    """The soft vote and the majority with a confidence tie-break, over the same members' probabilities."""
+    members = member_records(record_paths)
+    test_y = np.load(test_y_path)
+    probs = load_probabilities(probabilities_path, len(test_y), len(members))
+    lines = []
+    for method, rule in VOTE_VARIANTS.items():
+        winners, ties = rule(probs)
+        scores = metrics.classification_metrics(test_y, winners, CLASSES)
+        # `ties`: those this rule had to break (soft voting has none to break).
+        atomic.write_json(result_paths[method], records.result_record(
+            method, members, scores, ties.sum(), member_accuracy(probs, test_y)))
+        lines.append(f"{method} ranks={len(members)}: accuracy {scores['accuracy']:.4f} ({int(ties.sum())} ties broken)")
+    return "\n".join(lines)
+
+
+def single_shard(probabilities_path, rank0_record_path, test_y_path, result_path):
+    """Rank 0's model alone: one model trained on 1/N of the data (the first shard) in the time of one rank.
+
+    Reusing rank 0 rather than training a separate model makes the comparison paired (the ensemble and its
+    control share that member) and costs no training: a separate job with the same seed, shard and threads
+    would train the very same model."""
+    rank0 = atomic.read_json(rank0_record_path)
+    if rank0["rank"] != 0:
+        raise ValueError(f"single_shard needs rank 0's record, got rank {rank0['rank']}")
+    test_y = np.load(test_y_path)
+    probs = load_probabilities(probabilities_path, len(test_y))
+    scores = metrics.classification_metrics(test_y, probs[0].argmax(axis=1), CLASSES)
+    atomic.write_json(result_path, records.result_record("single_shard", [rank0], scores, shard=rank0["shard"]))
+    return f"single_shard (1/{rank0['ranks']} of the data) seed={rank0['seed']}: accuracy {scores['accuracy']:.4f}"

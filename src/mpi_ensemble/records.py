@@ -1,0 +1,141 @@
+"""The two record formats, each with one builder: what one training process measured (`rank_record`), and one
+method's result (`result_record`), which every method writes and the summary reads. Both carry what produced the
+numbers: versions, CPU, threads, binding, host, scheduler."""
+
+import os
+import platform
+import resource
+import socket
+import subprocess
+import time
+from importlib import metadata
+
+from . import runtime
+
+PACKAGES = ("tensorflow-cpu", "tensorflow", "keras", "numpy", "mpi4py", "mpich", "snakemake", "pandas", "matplotlib")
+# Which SLURM job, step and task a number came from (sacct may be off, so the record keeps them).
+SCHEDULER_ENV = (
+    "SLURM_JOB_ID", "SLURM_STEP_ID", "SLURM_NTASKS", "SLURM_CPUS_PER_TASK", "SLURM_PROCID", "SLURM_NODELIST"
+)
+# The instruction-set flags that decide which kernels TensorFlow and oneDNN run.
+ISA_PREFIXES = ("sse4", "avx", "fma", "amx")
+HOST_KEYS = ("host", "cpu_model", "cpu_count", "isa_flags", "versions", "scheduler")
+# What a result keeps of each rank record: its timing, memory and placement.
+RANK_TIMING_KEYS = ("rank", "fit_seconds", "epoch_seconds", "fit_cpu_seconds", "cpu_seconds", "wall_seconds",
+                    "peak_rss_mib", "train_images", "host")
+
+
+def cpu_model():
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def isa_flags(flags=None):
+    """The CPU's vector-ISA flags (AVX2, AVX-512, AMX, ...), sorted."""
+    flags = runtime.cpu_flags() if flags is None else flags
+    return sorted(f for f in flags if f.startswith(ISA_PREFIXES))
+
+
+def package_versions():
+    versions = {"python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+def mpi_library():
+    try:
+        from mpi4py import MPI
+
+        return MPI.Get_library_version().splitlines()[0].strip()
+    except Exception:  # MPI absent is a fact to record, not a failure here
+        return None
+
+
+def git_commit(cwd=None):
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=cwd, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def peak_rss_mib():
+    """Peak resident set of this process in MiB (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def cpu_seconds():
+    """User + system CPU time of this process so far, all its threads together."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def host_facts():
+    return {
+        "host": socket.gethostname(),
+        "cpu_model": cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "isa_flags": isa_flags(),
+        "versions": package_versions(),
+        "scheduler": {key: os.environ[key] for key in SCHEDULER_ENV if key in os.environ},
+    }
+
+
+def rank_record(method, rank, ranks, seed, settings, threads, job_cores, started, facts, **extra):
+    """What one training process (a rank, or the sequential run as rank 0 of 1) measured, and on what.
+
+    `started` is the process's perf_counter at start, `facts` what training.fit returned; `threads` None means
+    TensorFlow's default (every core of the job)."""
+    return {
+        "method": method, "rank": rank, "ranks": ranks, "seed": seed, "settings": settings,
+        "precision": settings["precision"], "job_cores": job_cores,
+        "oversubscribed": threads is not None and runtime.is_oversubscribed(ranks, threads, job_cores),
+        **facts,
+        "wall_seconds": time.perf_counter() - started,
+        "peak_rss_mib": peak_rss_mib(),
+        "cpu_seconds": cpu_seconds(),
+        "thread_settings": runtime.thread_settings(threads),
+        **host_facts(),
+        **extra,
+    }
+
+
+def cores_used(members, threads, job_cores):
+    """Cores the training could use: threads per rank times ranks ('all' is every core), at most the job's."""
+    per_rank = job_cores if threads == "all" else int(threads)
+    return min(members * per_rank, job_cores)
+
+
+def result_record(method, members, metrics, ties=0, member_accuracy=None, **extra):
+    """One method's result on the test set, from the rank records of the processes that trained its model(s).
+
+    Every method uses it (sequential, ensemble votes, single_shard, data_parallel), so every result has the
+    same fields; `ranks` is the world size of the training job, `rank_timing` one entry per member process."""
+    first = members[0]
+    threads = first["thread_settings"]["threads"]
+    return {
+        "method": method, "ranks": first["ranks"], "seed": first["seed"], "threads": threads,
+        "precision": first["precision"], "epochs": first["settings"]["epochs"], "job_cores": first["job_cores"],
+        "cores_used": cores_used(len(members), threads, first["job_cores"]),
+        "oversubscribed": first["oversubscribed"],
+        "metrics": metrics, "ties": int(ties),
+        "member_accuracy": [float(a) for a in (member_accuracy or [metrics["accuracy"]])],
+        "rank_timing": [
+            {**{k: m.get(k) for k in RANK_TIMING_KEYS}, "affinity": m["thread_settings"]["affinity"]}
+            for m in members
+        ],
+        "thread_settings": first["thread_settings"],
+        **{k: first[k] for k in HOST_KEYS},
+        "mpi_library": first.get("mpi_library"),
+        **extra,
+    }

@@ -1,0 +1,349 @@
+"""The summarize stage: every result as one row of `summary.csv`, its derived columns, the statistics over seeds,
+the differences against the seed spread, the paper comparison, the per-rank times, the provenance, and the same
+tables as HTML for the Snakemake report. Built once, with pandas.
+
+Standard deviations are sample standard deviations over seeds (ddof=1), empty with a single seed.
+"""
+
+import html
+import math
+
+import pandas as pd
+
+from . import atomic, model, records
+
+METRICS = ("accuracy", "precision", "recall", "f1")
+COLUMNS = [
+    "method", "ranks", "seed", "threads", "cores_used", "oversubscribed", "compute_precision",
+    *METRICS, "member_accuracy_mean", "ties",
+    "fit_seconds_mean", "fit_seconds_max", "train_job_seconds", "job_seconds",
+    "time_decrease_pct", "speedup", "efficiency", "job_speedup",
+    "train_images_per_rank", "cpu_seconds", "images_per_second_per_core", "gflops_per_core",
+    "rank_peak_rss_mib", "train_job_max_rss_mib",
+]
+# Constant within a (method, ranks, threads) group, so they label the group's statistics.
+GROUP = ["method", "ranks", "threads", "cores_used", "oversubscribed", "compute_precision"]
+STAT_METRICS = (
+    *METRICS, "member_accuracy_mean", "ties", "fit_seconds_mean", "fit_seconds_max", "train_job_seconds",
+    "job_seconds", "time_decrease_pct", "speedup", "efficiency", "job_speedup", "images_per_second_per_core",
+    "gflops_per_core", "rank_peak_rss_mib", "train_job_max_rss_mib",
+)
+DIFF_METRICS = ("accuracy", "fit_seconds_max")
+DIFF_COLUMNS = ["metric", "ranks", "method", "threads", "reference", "mean", "reference_mean", "difference",
+                "spread", "n_seeds", "exceeds_spread"]
+COMPARISON_COLUMNS = ["machine", "cores", "metric", "unit", "paper", "ours_mean", "ours_sd", "n_seeds", "n_ranks",
+                      "our_cores_used", "our_oversubscribed", "difference", "difference_pp", "ratio", "ours_source"]
+
+
+# --- one row per result ---------------------------------------------------------------------------------------
+
+
+def read_benchmark(path):
+    """(wall seconds, max RSS in MiB or None) of a Snakemake benchmark file: what the user waited for that job,
+    and the memory of all its processes together (sampled)."""
+    row = pd.read_csv(path, sep="\t").iloc[0]
+    rss = pd.to_numeric(row.get("max_rss"), errors="coerce")
+    return float(row["s"]), None if pd.isna(rss) else float(rss)
+
+
+def summary_row(result, benchmarks):
+    """One result as a row. `benchmarks` are the Snakemake benchmarks of the jobs on its path, the training job
+    first: `job_seconds` adds them all (training plus the vote or evaluation), `train_job_seconds` is the first."""
+    timing = pd.DataFrame(result["rank_timing"])
+    jobs = [read_benchmark(path) for path in benchmarks]
+    return {
+        **{k: result[k] for k in ("method", "ranks", "seed", "threads", "cores_used", "oversubscribed", "ties")},
+        "compute_precision": result["precision"],
+        **{k: result["metrics"][k] for k in METRICS},
+        "member_accuracy_mean": sum(result["member_accuracy"]) / len(result["member_accuracy"]),
+        "fit_seconds_mean": timing["fit_seconds"].mean(),
+        "fit_seconds_max": timing["fit_seconds"].max(),
+        "train_job_seconds": jobs[0][0],
+        "job_seconds": sum(seconds for seconds, _ in jobs),
+        "train_images_per_rank": timing["train_images"].min(),
+        "images_trained": timing["train_images"].sum() * result["epochs"],
+        "cpu_seconds": timing["cpu_seconds"].sum(),
+        "rank_peak_rss_mib": timing["peak_rss_mib"].max(),
+        "train_job_max_rss_mib": jobs[0][1],
+    }
+
+
+def add_relative_columns(frame):
+    """The paper's metric against the all-threads baseline it ran; speed-ups against the honest 1-thread baseline,
+    per core used. A row's baselines are the sequential runs of its seed."""
+    seq = frame[frame["method"] == "sequential"]
+    base_all = seq[seq["threads"].astype(str) == "all"].set_index("seed")
+    base_one = seq[seq["threads"].astype(str) == "1"].set_index("seed")
+    out = frame.copy()
+    all_fit = out["seed"].map(base_all["fit_seconds_mean"]) if len(base_all) else math.nan
+    out["time_decrease_pct"] = (100.0 * (1.0 - out["fit_seconds_mean"] / all_fit)).where(out["method"] != "sequential")
+    one = base_one.reindex(out["seed"]) if len(base_one) else None
+    out["speedup"] = one["fit_seconds_max"].to_numpy() / out["fit_seconds_max"] if one is not None else math.nan
+    out["efficiency"] = out["speedup"] / out["cores_used"]
+    out["job_speedup"] = one["job_seconds"].to_numpy() / out["job_seconds"] if one is not None else math.nan
+    return out
+
+
+def add_throughput_columns(frame):
+    """Training images per second per core used (over the slowest rank's fit time, validation not counted), and
+    the GFLOP/s per core that means for the model's FLOP count."""
+    out = frame.copy()
+    out["images_per_second_per_core"] = out["images_trained"] / out["fit_seconds_max"] / out["cores_used"]
+    out["gflops_per_core"] = out["images_per_second_per_core"] * model.training_flops_per_image() / 1e9
+    return out
+
+
+def summary_table(results):
+    """`results`: (result record, [benchmark paths]) pairs -> summary.csv's rows, sorted."""
+    frame = pd.DataFrame([summary_row(result, benches) for result, benches in results])
+    frame = add_throughput_columns(add_relative_columns(frame))
+    frame["sequential_first"] = frame["method"] != "sequential"
+    frame["threads_key"] = frame["threads"].astype(str)
+    frame = frame.sort_values(["sequential_first", "method", "ranks", "threads_key", "seed"])
+    return frame[COLUMNS].reset_index(drop=True)
+
+
+def rank_times(results):
+    """One row per training process: its fit() time, by method, world size and seed."""
+    rows = [{"method": r["method"], "ranks": r["ranks"], "seed": r["seed"], "oversubscribed": r["oversubscribed"],
+             "rank": t["rank"], "fit_seconds": t["fit_seconds"], "host": t.get("host")}
+            for r, _ in results if r["method"] in ("sequential", "ensemble_majority", "data_parallel")
+            for t in r["rank_timing"]]
+    return pd.DataFrame(rows, columns=["method", "ranks", "seed", "oversubscribed", "rank", "fit_seconds", "host"])
+
+
+# --- statistics over seeds ------------------------------------------------------------------------------------
+
+
+def group_stats(summary):
+    """One row per (method, ranks, threads): n_seeds, and {metric}_mean / {metric}_sd (sample sd, ddof=1)."""
+    frame = summary.assign(threads=summary["threads"].astype(str))
+    grouped = frame.groupby(GROUP, sort=False, dropna=False)
+    stats = grouped["seed"].nunique().rename("n_seeds").to_frame()
+    for metric in STAT_METRICS:
+        values = grouped[metric].agg(["mean", "std"])  # pandas' std is the sample sd (ddof=1), NaN for one value
+        stats[f"{metric}_mean"], stats[f"{metric}_sd"] = values["mean"], values["std"]
+    return stats.reset_index()
+
+
+def exceeds_spread(diff, sd_a, sd_b):
+    """'yes' when the means differ by more than the two seed-to-seed sds together (the ±1 sd error bars do not
+    overlap); 'no' when they overlap; 'one seed' when a group has a single seed and no spread to compare with."""
+    if any(pd.isna(v) for v in (diff, sd_a, sd_b)):
+        return "one seed"
+    return "yes" if abs(diff) > sd_a + sd_b else "no"
+
+
+def differences(stats):
+    """Every method against the majority-vote ensemble at the same number of ranks, and against the all-threads
+    sequential run, for accuracy and the slowest rank's fit time."""
+    ensemble = stats[stats["method"] == "ensemble_majority"]
+    sequential = stats[(stats["method"] == "sequential") & (stats["threads"] == "all")]
+    pairs = [
+        (stats[stats["method"] != "ensemble_majority"].merge(ensemble, on="ranks", suffixes=("", "_ref")),
+         "ensemble_majority"),
+        (stats.merge(sequential, how="cross", suffixes=("", "_ref")), "sequential threads=all"),
+    ]
+    rows = []
+    for merged, reference in pairs:
+        for _, row in merged[merged["method"] != "sequential"].iterrows():
+            for metric in DIFF_METRICS:
+                a, b = row[f"{metric}_mean"], row[f"{metric}_mean_ref"]
+                sd_a, sd_b = row[f"{metric}_sd"], row[f"{metric}_sd_ref"]
+                rows.append({"metric": metric, "ranks": row["ranks"], "method": row["method"],
+                             "threads": row["threads"], "reference": reference, "mean": a, "reference_mean": b,
+                             "difference": a - b, "spread": sd_a + sd_b,
+                             "n_seeds": min(row["n_seeds"], row["n_seeds_ref"]),
+                             "exceeds_spread": exceeds_spread(a - b, sd_a, sd_b)})
+    return pd.DataFrame(rows, columns=DIFF_COLUMNS)
+
+
+# --- the paper's numbers next to ours -------------------------------------------------------------------------
+
+
+def ours_for(paper_row, stats):
+    """Our value for one row of the paper's table: mean, sd, seeds, world sizes, cores used, oversubscribed, source
+    (mean None: this run has no matching core count)."""
+    metric, cores = paper_row["metric"], str(paper_row["cores"])
+    seq = stats[(stats["method"] == "sequential") & (stats["threads"] == "all")]
+    ens = stats[stats["method"] == "ensemble_majority"]
+    if metric in ("sequential_accuracy", "sequential_fit_seconds"):
+        column, scale = ("accuracy", 100.0) if metric == "sequential_accuracy" else ("fit_seconds_mean", 1.0)
+        return pick(seq, column, scale, f"sequential threads=all {column}" + (" × 100" if scale != 1 else ""))
+    if metric == "time_decrease":
+        return pick(ens[ens["ranks"] == int(cores)], "time_decrease_pct", 1.0,
+                    f"ensemble_majority ranks={cores} time_decrease_pct")
+    if metric in ("ensemble_accuracy_min", "ensemble_accuracy_max"):
+        lo, hi = (int(c) for c in cores.split("-"))
+        sub = ens[ens["ranks"].between(lo, hi)]
+        if sub.empty:
+            return empty()
+        means = sub["accuracy_mean"] * 100.0
+        best = means.idxmin() if metric.endswith("min") else means.idxmax()
+        return {"ours_mean": means[best], "ours_sd": sub.loc[best, "accuracy_sd"] * 100.0,
+                "n_seeds": sub["n_seeds"].min(), "n_ranks": len(sub), "our_cores_used": sub["cores_used"].max(),
+                "our_oversubscribed": bool(sub["oversubscribed"].any()),
+                "ours_source": f"{metric[-3:]} over ranks {lo}-{hi} of the mean ensemble_majority accuracy × 100"}
+    return empty()
+
+
+def pick(rows, column, scale, source):
+    if rows.empty or pd.isna(rows.iloc[0][f"{column}_mean"]):
+        return empty()
+    row = rows.iloc[0]
+    return {"ours_mean": row[f"{column}_mean"] * scale, "ours_sd": row[f"{column}_sd"] * scale,
+            "n_seeds": row["n_seeds"], "n_ranks": 1, "our_cores_used": row["cores_used"],
+            "our_oversubscribed": bool(row["oversubscribed"]), "ours_source": source}
+
+
+def empty():
+    return {"ours_mean": None, "ours_sd": None, "n_seeds": 0, "n_ranks": 0, "our_cores_used": None,
+            "our_oversubscribed": None, "ours_source": ""}
+
+
+def compare(paper, stats):
+    """The paper's reported numbers next to ours: difference (in percentage points for percentages) and ratio."""
+    rows = []
+    for _, p in paper.iterrows():
+        ours = ours_for(p, stats)
+        value, mean = float(p["value"]), ours["ours_mean"]
+        diff = None if mean is None else mean - value
+        rows.append({"machine": p["machine"], "cores": p["cores"], "metric": p["metric"], "unit": p["unit"],
+                     "paper": value, **ours, "difference": diff,
+                     "difference_pp": diff if p["unit"] == "percent" else None,
+                     "ratio": None if mean is None or value == 0 else mean / value})
+    return pd.DataFrame(rows, columns=COMPARISON_COLUMNS)
+
+
+# --- provenance and HTML --------------------------------------------------------------------------------------
+
+
+def provenance(results, summary, workflow_cores):
+    first = results[0][0]
+    return {
+        **{k: first[k] for k in records.HOST_KEYS if k != "scheduler"},
+        "mpi_library": next((r["mpi_library"] for r, _ in results if r.get("mpi_library")), None),
+        "thread_env": first["thread_settings"]["env"],
+        "workflow_cores": workflow_cores,
+        "git_commit": records.git_commit(),
+        "threads": {f"{r.method} ranks={r.ranks} seed={r.seed}": str(r.threads) for r in summary.itertuples()},
+    }
+
+
+def html_cell(value):
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return html.escape(str(value))
+
+
+def html_table(frame, table_id):
+    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in frame.columns)
+    body = "\n".join("<tr>" + "".join(f"<td>{html_cell(v)}</td>" for v in row) + "</tr>"
+                     for row in frame.itertuples(index=False))
+    return f'<table id="{table_id}"><thead><tr>{head}</tr></thead><tbody>\n{body}\n</tbody></table>'
+
+
+STYLE = ("<style>body{font-family:sans-serif;font-size:13px} table{border-collapse:collapse;margin-bottom:2em}"
+         "td,th{border:1px solid #ccc;padding:2px 6px;text-align:right} th{background:#eee}</style>")
+
+
+def html_page(title, sections):
+    parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>{STYLE}"
+             f"</head><body><h1>{html.escape(title)}</h1>"]
+    for heading, text, table in sections:
+        parts.append(f"<h2>{html.escape(heading)}</h2><p>{html.escape(text)}</p>{table}")
+    parts.append("</body></html>\n")
+    return "\n".join(parts)
+
+
+def flat_provenance(prov, prefix=""):
+    """Nested provenance as (key, value) rows: versions.keras, threads.<row>, ..."""
+    rows = []
+    for key, value in prov.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            rows += flat_provenance(value, name + ".")
+        else:
+            rows.append({"key": name, "value": ", ".join(map(str, value)) if isinstance(value, list) else value})
+    return rows
+
+
+def spread_sentence(diffs):
+    """The report's plain-language verdict: which differences exceed the seed-to-seed spread."""
+    judged = diffs[diffs["exceeds_spread"] != "one seed"]
+    if judged.empty:
+        return ("Every group ran with a single seed, so no seed-to-seed spread is known: run with several seeds "
+                "(config key seeds) to tell real differences from noise.")
+    big = [f"{d.method} vs {d.reference} at {d.ranks} ranks ({d.metric}: {d.difference:+.4g})"
+           for d in judged.itertuples() if d.exceeds_spread == "yes"]
+    if not big:
+        return "No difference exceeds the seed-to-seed spread (sum of the two sample standard deviations)."
+    return ("Differences larger than the seed-to-seed spread (sum of the two sample standard deviations): "
+            + "; ".join(big) + ". All others are within the spread.")
+
+
+SHORT_STATS = ["method", "ranks", "threads", "cores_used", "oversubscribed", "n_seeds", "accuracy_mean",
+               "accuracy_sd", "fit_seconds_max_mean", "fit_seconds_max_sd", "job_seconds_mean", "job_seconds_sd",
+               "time_decrease_pct_mean", "time_decrease_pct_sd", "speedup_mean", "efficiency_mean"]
+
+
+def summary_page(summary, stats, diffs, comparison):
+    return html_page("Summary", [
+        ("Mean ± sd over seeds", "One row per method, number of ranks and threads (summary_stats.csv); sd is the "
+         "sample standard deviation (ddof=1), empty with one seed.", html_table(stats[SHORT_STATS], "summary-stats")),
+        ("Which differences exceed the seed-to-seed spread", spread_sentence(diffs), html_table(diffs, "differences")),
+        ("Paper comparison", "The paper's numbers next to ours (paper_comparison.csv); difference_pp in percentage "
+         "points for percentages, ratio = ours / paper; our_cores_used and our_oversubscribed say what our run had.",
+         html_table(comparison, "paper-comparison")),
+        ("Every run", "summary.csv: one row per method, ranks, threads and seed.", html_table(summary, "summary")),
+    ])
+
+
+def provenance_page(prov):
+    rows = pd.DataFrame(flat_provenance(prov), columns=["key", "value"])
+    return html_page("Run provenance", [
+        ("Where and with what these numbers were made",
+         "Package versions, CPU model, count and vector-ISA flags, cores given to the workflow, MPI library, "
+         "threads per job, git commit of the workflow.", html_table(rows, "provenance")),
+    ])
+
+
+def method_page(summary, method):
+    rows = summary[summary["method"] == method]
+    text = (f"No run of {method} in this configuration." if rows.empty else
+            f"{len(rows)} run(s) of {method}: every number of ranks, threads and seed.")
+    return html_page(f"Method: {method}", [(method, text, html_table(rows, f"method-{method}"))]), text
+
+
+# --- the stage's entry points ---------------------------------------------------------------------------------
+
+
+def summarize(results, paper_path, workflow_cores, outputs):
+    """`results`: (result path, [benchmark paths]) pairs. Writes summary, statistics, differences, comparison,
+    rank times and provenance to the paths in `outputs`; returns the verdict on the seed spread."""
+    loaded = [(atomic.read_json(path), benches) for path, benches in results]
+    summary = summary_table(loaded)
+    stats = group_stats(summary)
+    diffs = differences(stats)
+    comparison = compare(pd.read_csv(paper_path, dtype={"cores": str}), stats)
+    for key, frame in (("summary", summary), ("stats", stats), ("differences", diffs),
+                       ("comparison", comparison), ("rank_times", rank_times(loaded))):
+        atomic.write_csv(outputs[key], frame)
+    atomic.write_json(outputs["provenance"], provenance(loaded, summary, workflow_cores))
+    return spread_sentence(diffs)
+
+
+def tables(summary_path, stats_path, differences_path, comparison_path, provenance_path, summary_html,
+           provenance_html):
+    """The summary and provenance as HTML pages for the Snakemake report."""
+    frames = [pd.read_csv(p) for p in (summary_path, stats_path, differences_path, comparison_path)]
+    atomic.write_text(summary_html, summary_page(*frames))
+    atomic.write_text(provenance_html, provenance_page(atomic.read_json(provenance_path)))
+
+
+def method_table(summary_path, method, out):
+    page, text = method_page(pd.read_csv(summary_path), method)
+    atomic.write_text(out, page)
+    return text

@@ -1,0 +1,192 @@
+"""The summarize stage: summary.csv's columns, the statistics over seeds, the differences against the spread, the
+paper comparison and the figures."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from conftest import ROOT
+from mpi_ensemble import model, plots, summarize
+
+PAPER = ROOT / "paper" / "reported_results.csv"
+
+
+def bench(tmp_path, name, seconds, max_rss=500.0):
+    path = tmp_path / f"{name}.tsv"
+    path.write_text(f"s\th:m:s\tmax_rss\tmax_vms\n{seconds}\t0:00:{int(seconds)}\t{max_rss}\t1000\n")
+    return str(path)
+
+
+def result(method, ranks, threads, fits, seed=0, cores=2, images=48000, accuracy=0.97, precision="float32",
+           rss=(700.0,)):
+    members = len(fits)
+    per_rank = cores if threads == "all" else threads
+    return {
+        "method": method, "ranks": ranks, "seed": seed, "threads": threads, "precision": precision, "epochs": 5,
+        "job_cores": cores, "cores_used": min(members * per_rank, cores), "oversubscribed": ranks * per_rank > cores,
+        "metrics": {"accuracy": accuracy, "precision": accuracy, "recall": accuracy, "f1": accuracy},
+        "ties": 0, "member_accuracy": [accuracy - 0.01] * members,
+        "rank_timing": [{"rank": r, "fit_seconds": f, "train_images": images // max(ranks, 1), "cpu_seconds": 1.0,
+                         "peak_rss_mib": rss[r % len(rss)]} for r, f in enumerate(fits)],
+    }
+
+
+@pytest.fixture
+def table(tmp_path):
+    """Sequential 1 thread (40 s fit, 45 s job) and all threads (30 s, 35 s); an ensemble of 1 rank with 2
+    threads; an ensemble of 2 ranks (fits 18 and 22 s, training job 25 s, vote job 5 s); its single-shard control;
+    8 oversubscribed ranks; data-parallel on 2 ranks."""
+    results = [
+        (result("sequential", 1, 1, [40.0]), [bench(tmp_path, "s1", 45)]),
+        (result("sequential", 1, "all", [30.0]), [bench(tmp_path, "sall", 35)]),
+        (result("ensemble_majority", 1, 2, [28.0]), [bench(tmp_path, "t1", 32, 900), bench(tmp_path, "v1", 4)]),
+        (result("ensemble_majority", 2, 1, [18.0, 22.0], rss=(700.0, 750.0)),
+         [bench(tmp_path, "t2", 25, 1400), bench(tmp_path, "v2", 5)]),
+        (result("single_shard", 2, 1, [18.0]),
+         [bench(tmp_path, "t2", 25, 1400), bench(tmp_path, "v2", 5), bench(tmp_path, "ss2", 1)]),
+        (result("ensemble_majority", 8, 1, [40.0] * 8), [bench(tmp_path, "t8", 50), bench(tmp_path, "v8", 9)]),
+        (result("data_parallel", 2, 1, [30.0, 30.0], precision="mixed_bfloat16"), [bench(tmp_path, "dp2", 33)]),
+    ]
+    return summarize.summary_table(results).set_index(["method", "ranks"], drop=False)
+
+
+def test_efficiency_is_speedup_per_core_used(table):
+    one_rank_two_threads = table.loc[("ensemble_majority", 1)]
+    assert one_rank_two_threads["cores_used"] == 2
+    assert one_rank_two_threads["speedup"] == pytest.approx(40 / 28)
+    assert one_rank_two_threads["efficiency"] == pytest.approx(40 / 28 / 2)  # not / ranks (that gave 1.43)
+    eight = table.loc[("ensemble_majority", 8)]
+    assert eight["oversubscribed"] and eight["cores_used"] == 2
+    assert eight["efficiency"] == pytest.approx(1.0 / 2)  # 8 ranks share the job's 2 cores, not 8
+    assert table.loc[("single_shard", 2)]["efficiency"] == pytest.approx(40 / 18 / 1)  # one rank, one thread
+
+
+def test_job_times_compare_like_with_like(table):
+    ens = table.loc[("ensemble_majority", 2)]
+    assert ens["train_job_seconds"] == 25 and ens["job_seconds"] == 30  # training job + its vote job
+    assert ens["job_speedup"] == pytest.approx(45 / 30)  # sequential training + evaluation, one job
+    shard = table.loc[("single_shard", 2)]
+    assert shard["job_seconds"] == 31  # the same basis: Snakemake's job wall times, not an in-process clock
+    assert table.loc[("data_parallel", 2)]["job_seconds"] == 33  # rank 0 evaluates inside the training job
+
+
+def test_paper_metric_and_speedup_references(table):
+    ens = table.loc[("ensemble_majority", 2)]
+    assert ens["time_decrease_pct"] == pytest.approx(100 * (1 - 20.0 / 30.0))  # mean rank fit vs threads=all
+    assert ens["speedup"] == pytest.approx(40.0 / 22.0)  # 1-thread baseline vs the slowest rank
+    seq = table[table["method"] == "sequential"].set_index("threads")
+    assert np.isnan(seq.loc["all", "time_decrease_pct"]) and seq.loc[1, "speedup"] == pytest.approx(1.0)
+    assert seq.loc["all", "speedup"] == pytest.approx(40 / 30) and seq.loc["all", "efficiency"] == pytest.approx(40 / 60)
+
+
+def test_every_row_has_its_precision_memory_and_throughput(table):
+    assert table.loc[("data_parallel", 2)]["compute_precision"] == "mixed_bfloat16"
+    assert table.loc[("single_shard", 2)]["compute_precision"] == "float32"
+    ens = table.loc[("ensemble_majority", 2)]
+    assert ens["rank_peak_rss_mib"] == 750.0 and ens["train_job_max_rss_mib"] == 1400.0
+    flops = model.training_flops_per_image()
+    assert ens["images_per_second_per_core"] == pytest.approx(2 * 24000 * 5 / 22.0 / 2)
+    assert ens["gflops_per_core"] == pytest.approx(ens["images_per_second_per_core"] * flops / 1e9)
+    assert list(table.columns) == summarize.COLUMNS
+
+
+def summary_frame(rows):
+    frame = pd.DataFrame(rows)
+    defaults = {"cores_used": 1, "oversubscribed": False, "compute_precision": "float32", "threads": 1}
+    for column in summarize.COLUMNS:
+        frame[column] = frame[column].fillna(defaults[column]) if column in frame and column in defaults \
+            else frame.get(column, defaults.get(column, np.nan))
+    return frame[summarize.COLUMNS]
+
+
+def row(method, ranks, seed, accuracy, fit, threads=1, tdp=np.nan):
+    return {"method": method, "ranks": ranks, "seed": seed, "threads": threads, "accuracy": accuracy,
+            "fit_seconds_max": fit, "fit_seconds_mean": fit, "time_decrease_pct": tdp}
+
+
+def test_group_stats_mean_and_sample_sd():
+    rows = [row("ensemble_majority", 2, s, a, f) for s, a, f in ((0, 0.90, 10), (1, 0.92, 12), (2, 0.94, 14))]
+    rows.append(row("ensemble_majority", 4, 0, 0.8, 5))
+    out = summarize.group_stats(summary_frame(rows)).set_index("ranks")
+    assert out.loc[2, "n_seeds"] == 3
+    assert out.loc[2, "accuracy_mean"] == pytest.approx(0.92)
+    assert out.loc[2, "accuracy_sd"] == pytest.approx(0.02)  # sample sd (ddof=1) of 0.90, 0.92, 0.94
+    assert out.loc[2, "fit_seconds_max_sd"] == pytest.approx(2.0)
+    assert np.isnan(out.loc[4, "accuracy_sd"]) and np.isnan(out.loc[2, "job_seconds_mean"])  # one seed; no data
+
+
+def test_differences_against_the_spread():
+    rows = [row("sequential", 1, s, a, 30, threads="all") for s, a in ((0, 0.98), (1, 0.98))]
+    rows += [row("ensemble_majority", 2, s, a, 20) for s, a in ((0, 0.96), (1, 0.97))]  # sd 0.00707
+    rows += [row("ensemble_soft", 2, s, a, 20) for s, a in ((0, 0.965), (1, 0.975))]  # diff 0.005
+    rows += [row("single_shard", 2, s, a, 19) for s, a in ((0, 0.90), (1, 0.91))]  # diff -0.065
+    diffs = summarize.differences(summarize.group_stats(summary_frame(rows)))
+    verdict = {(d.method, d.reference, d.metric): d.exceeds_spread for d in diffs.itertuples()}
+    assert verdict[("ensemble_soft", "ensemble_majority", "accuracy")] == "no"
+    assert verdict[("single_shard", "ensemble_majority", "accuracy")] == "yes"
+    assert verdict[("ensemble_majority", "sequential threads=all", "accuracy")] == "yes"  # 0.965 vs 0.98, sd 0
+    assert ("ensemble_majority", "ensemble_majority", "accuracy") not in verdict
+    assert summarize.exceeds_spread(0.1, np.nan, 0.0) == "one seed"
+
+
+def test_paper_comparison_says_what_our_runs_had():
+    rows = [row("sequential", 1, 0, 0.97, 40, threads="all"),
+            row("ensemble_majority", 2, 0, 0.96, 20, tdp=10.0), row("ensemble_majority", 2, 1, 0.98, 20, tdp=14.0),
+            {**row("ensemble_majority", 3, 0, 0.95, 20, tdp=30.0), "oversubscribed": True, "cores_used": 2}]
+    frame = summary_frame(rows)
+    frame.loc[frame["threads"].astype(str) == "all", "cores_used"] = 2
+    frame.loc[frame["ranks"] == 2, "cores_used"] = 2
+    stats = summarize.group_stats(frame)
+    out = summarize.compare(pd.read_csv(PAPER, dtype={"cores": str}), stats)
+    out = {(c.machine, c.cores, c.metric): c for c in out.itertuples()}
+    td2 = out[("laptop", "2", "time_decrease")]
+    assert td2.paper == 22.52 and td2.ours_mean == pytest.approx(12.0) and td2.n_seeds == 2 and td2.n_ranks == 1
+    assert td2.difference_pp == pytest.approx(12.0 - 22.52) and td2.ratio == pytest.approx(12.0 / 22.52)
+    assert td2.our_cores_used == 2 and td2.our_oversubscribed is False
+    td3 = out[("laptop", "3", "time_decrease")]
+    assert td3.our_oversubscribed is True and td3.our_cores_used == 2  # 3 ranks on 2 cores: not a failed reproduction
+    fit = out[("xeon", "1", "sequential_fit_seconds")]
+    assert fit.ours_mean == 40 and pd.isna(fit.difference_pp) and fit.ratio == pytest.approx(40 / 58.55)
+    assert out[("laptop", "1", "sequential_accuracy")].difference_pp == pytest.approx(97.0 - 98.20)
+    lo, hi = out[("laptop", "2-8", "ensemble_accuracy_min")], out[("laptop", "2-8", "ensemble_accuracy_max")]
+    assert lo.ours_mean == pytest.approx(95.0) and hi.ours_mean == pytest.approx(97.0)  # per-N means
+    assert lo.n_ranks == 2 and lo.n_seeds == 1 and lo.our_oversubscribed is True  # seeds and world sizes apart
+    assert pd.isna(out[("laptop", "8", "time_decrease")].ours_mean)  # no 8-rank run here
+
+
+def test_paper_speedup_from_time_decrease():
+    assert plots.paper_speedup(0.0) == 1.0
+    assert plots.paper_speedup(50.0) == pytest.approx(2.0)
+    assert plots.paper_speedup(91.49) == pytest.approx(1 / 0.0851)
+
+
+def test_every_figure_draws_from_the_tables(table, tmp_path):
+    stats = summarize.group_stats(table.reset_index(drop=True))
+    stats_path, ranks_path = tmp_path / "stats.csv", tmp_path / "ranks.csv"
+    stats.to_csv(stats_path, index=False)
+    pd.DataFrame([{"method": "ensemble_majority", "ranks": 2, "seed": 0, "oversubscribed": False, "rank": r,
+                   "fit_seconds": 10.0 + r, "host": "h"} for r in range(2)]).to_csv(ranks_path, index=False)
+    outputs = {key: tmp_path / f"{key}.png" for key in plots.FIGURES}
+    plots.figures(stats_path, ranks_path, PAPER, outputs)
+    for path in outputs.values():
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 10_000
+
+
+def test_summarize_writes_every_table(table, tmp_path):
+    results = []
+    for i, (_, r) in enumerate(table.iterrows()):
+        record = result(r["method"], int(r["ranks"]), r["threads"], [r["fit_seconds_max"]])
+        record.update(host="h", cpu_model="c", cpu_count=2, isa_flags=["avx2"], versions={"keras": "3"},
+                      mpi_library=None, thread_settings={"env": {}})
+        path = tmp_path / f"r{i}.json"
+        path.write_text(json.dumps(record))
+        results.append((str(path), [bench(tmp_path, f"b{i}", 10)]))
+    outs = {k: tmp_path / f"{k}.out" for k in ("summary", "stats", "differences", "comparison", "rank_times",
+                                                "provenance")}
+    verdict = summarize.summarize(results, PAPER, 2, outs)
+    assert "single seed" in verdict
+    assert len(pd.read_csv(outs["summary"])) == len(table)
+    prov = json.loads(outs["provenance"].read_text())
+    assert prov["workflow_cores"] == 2 and prov["isa_flags"] == ["avx2"] and prov["versions"]["keras"] == "3"

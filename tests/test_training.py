@@ -1,0 +1,215 @@
+"""The training stage: the model, threads and launchers, the input pipeline, fit, the data-parallel building
+blocks and its gradient, and the rank record."""
+
+import json
+import os
+import subprocess
+
+import numpy as np
+import pytest
+
+from conftest import BIN, ROOT
+from mpi_ensemble import allreduce, model, records, runtime, training
+
+# --- the model ------------------------------------------------------------------------------------------------
+
+
+def test_parameter_count_matches_paper():
+    assert model.parameter_count() == 93322
+
+
+def test_keras_model_matches_architecture():
+    import keras
+
+    net = model.build_model(keras)
+    assert net.count_params() == 93322
+    assert [layer.__class__.__name__ for layer in net.layers] == [
+        "Conv2D", "MaxPooling2D", "Conv2D", "MaxPooling2D", "Conv2D", "Flatten", "Dense", "Dense"
+    ]
+    assert net.output_shape == (None, 10)
+
+
+def test_training_flops_count_what_runs():
+    # forward: conv 0.389 + 4.461 + 0.664 MFLOP, dense 0.074 + 0.001: 5.59 MFLOP
+    assert model.layer_flops() == [389376, 4460544, 663552, 73728, 1280]
+    assert model.forward_flops() == 5588480
+    # forward + weight gradients (2 x forward) + input gradients of every layer but the first conv, whose input is
+    # the image: 3 x forward would count that one too (389,376 FLOP, 2.4 % too many)
+    assert model.training_flops_per_image() == 3 * 5588480 - 389376 == 16376064
+
+
+# --- threads, binding, launchers, precision -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("cores, ranks, expected", [(2, 1, 2), (2, 2, 1), (2, 8, 1), (16, 4, 4), (16, 5, 3)])
+def test_threads_per_rank(cores, ranks, expected):
+    assert runtime.threads_per_rank(cores, ranks) == expected
+
+
+def test_oversubscribed_ranks():
+    assert runtime.oversubscribed_ranks([1, 2, 3, 8], lambda n: max(1, 2 // n), 2) == [3, 8]
+
+
+def test_binding_flags_by_launcher():
+    assert runtime.binding_args("mpich", 2, True) == ["-bind-to", "core:2"]
+    assert runtime.binding_args("openmpi", 3, True)[:4] == ["--map-by", "slot:PE=3", "--bind-to", "core"]
+    assert runtime.binding_args("mpich", 1, False) == ["-bind-to", "none"]
+    assert "--oversubscribe" in runtime.binding_args("openmpi", 1, False)
+
+
+def test_launch_prefix_for_each_kind_of_launcher():
+    mpiexec = str(BIN / "mpiexec")
+    assert runtime.launch_prefix("mpiexec", 2, 1, True, str(BIN)) == [mpiexec, "-n", "2", "-bind-to", "core:1"]
+    assert runtime.launch_prefix("mpiexec -v", 3, 1, False, str(BIN)) == [mpiexec, "-n", "3", "-bind-to", "none", "-v"]
+    assert runtime.launch_prefix("srun --mpi=pmi2", 2, 4, True) == ["srun", "--mpi=pmi2", "-n", "2", "--cpus-per-task=4"]
+    assert runtime.launch_prefix("", 1, 2, True) == []
+    with pytest.raises(ValueError, match="only run 1 rank"):
+        runtime.launch_prefix("", 2, 1, True)
+
+
+def test_launcher_flavour_from_version_text():
+    assert runtime.flavour_from_version("HYDRA build details:\n    Version: 5.0.2") == "mpich"
+    assert runtime.flavour_from_version("mpiexec (Open MPI) 4.1.5") == "openmpi"
+    assert runtime.flavour_from_version("something else") == "unknown"
+
+
+def test_parse_threads():
+    assert runtime.parse_threads("all") is None
+    assert runtime.parse_threads("3") == 3
+    with pytest.raises(ValueError, match="positive"):
+        runtime.parse_threads("0")
+
+
+def test_missing_launcher_says_how_to_install(tmp_path):
+    with pytest.raises(FileNotFoundError, match="make venv"):
+        runtime.find_launcher("mpiexec", search_path=str(tmp_path))
+
+
+def test_real_pip_mpiexec_is_mpich():
+    launcher = runtime.find_launcher("mpiexec", search_path=str(BIN))
+    assert runtime.launcher_flavour(launcher) == "mpich"
+
+
+def test_precision_check_refuses_bf16_without_native_support():
+    assert runtime.check_precision("float32", set()) == "float32"
+    assert runtime.check_precision("mixed_bfloat16", {"avx2", "avx512_bf16"}) == "mixed_bfloat16"
+    assert runtime.check_precision("mixed_bfloat16", {"amx_bf16"}) == "mixed_bfloat16"
+    with pytest.raises(ValueError, match="native bfloat16.*precision: float32"):
+        runtime.check_precision("mixed_bfloat16", {"avx2", "avx512f"})
+    with pytest.raises(ValueError, match="one of float32, mixed_bfloat16"):
+        runtime.check_precision("float16", {"avx512_bf16"})
+
+
+def test_cpu_flags_reads_the_flags_line(tmp_path):
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nflags\t\t: fpu avx2 avx512_bf16\nbugs\t: none\n")
+    assert runtime.cpu_flags(info) == {"fpu", "avx2", "avx512_bf16"}
+    assert runtime.cpu_flags(tmp_path / "missing") == set()
+    assert records.isa_flags({"fpu", "avx2", "fma", "amx_tile", "sse4_2", "aes"}) == ["amx_tile", "avx2", "fma", "sse4_2"]
+
+
+# --- the input pipeline and fit -------------------------------------------------------------------------------
+
+
+def test_input_pipeline_shuffles_every_epoch_and_keeps_pairs():
+    x = np.arange(10, dtype=np.float32).reshape(10, 1) * 10
+    y = np.arange(10, dtype=np.int64)
+    ds = training.tf_dataset(x, y, batch_size=4, seed=3)
+    epochs = [[(bx.numpy(), by.numpy()) for bx, by in ds] for _ in range(2)]
+    for batches in epochs:
+        assert [len(by) for _, by in batches] == [4, 4, 2]  # a last partial batch, as Keras' batch_size
+        xs, ys = np.concatenate([bx for bx, _ in batches]), np.concatenate([by for _, by in batches])
+        np.testing.assert_array_equal(xs[:, 0], ys * 10)  # images stay with their labels
+        assert sorted(ys) == list(range(10))  # every image once per epoch
+    orders = [np.concatenate([by for _, by in batches]) for batches in epochs]
+    assert not np.array_equal(orders[0], orders[1])  # reshuffled each epoch
+    plain = [by.numpy() for _, by in training.tf_dataset(x, y, batch_size=4)]
+    np.testing.assert_array_equal(np.concatenate(plain), y)  # validation: in order
+
+
+def test_input_pipeline_is_not_autotuned():
+    # tf.data's autotuner left a 1-thread rank's core idle for a third of fit(); the fix must stay in place.
+    x, y = np.zeros((8, 1), dtype=np.float32), np.zeros(8, dtype=np.int64)
+    for seed in (None, 1):
+        assert training.tf_dataset(x, y, batch_size=4, seed=seed).options().autotune.enabled is False
+
+
+def test_fit_records_every_epoch_time_and_the_rank_record_carries_it():
+    import time
+
+    import keras  # not import_keras: another test in this process may have started TensorFlow's thread pools
+
+    x = np.random.default_rng(0).random((40, 28, 28, 1), dtype=np.float32)
+    y = np.arange(40, dtype=np.int64) % 10
+    settings = {"epochs": 3, "batch_size": 16, "validation_split": 0.25, "precision": "float32"}
+    _, facts = training.fit(keras, x, y, seed=0, settings=settings)
+    assert len(facts["epoch_seconds"]) == 3 and all(s > 0 for s in facts["epoch_seconds"])
+    assert sum(facts["epoch_seconds"]) <= facts["fit_seconds"]
+    assert facts["train_images"] == 30 and facts["validation_images"] == 10
+    record = records.rank_record("sequential", 0, 1, 0, settings, 2, 2, time.perf_counter(), facts)
+    assert record["precision"] == "float32" and record["oversubscribed"] is False
+    assert record["peak_rss_mib"] > 50 and record["thread_settings"]["threads"] == 2
+    assert records.rank_record("x", 0, 3, 0, settings, 1, 2, time.perf_counter(), facts)["oversubscribed"] is True
+
+
+def test_weights_checksum_sees_one_ulp():
+    arrays = [np.arange(6, dtype=np.float32).reshape(2, 3), np.ones(4, dtype=np.float32)]
+    nudged = [arrays[0], np.nextafter(arrays[1], np.float32(2))]
+    assert training.weights_sha256(arrays) == training.weights_sha256([a.copy() for a in arrays])
+    assert training.weights_sha256(arrays) != training.weights_sha256(nudged)
+
+
+# --- data-parallel: the building blocks and the gradient -------------------------------------------------------
+
+
+@pytest.mark.parametrize("n_train, batch, ranks", [(100, 64, 2), (130, 64, 3), (7, 4, 8), (64, 64, 1)])
+def test_global_batches_split_across_ranks_cover_each_image_once(n_train, batch, ranks):
+    batches = allreduce.epoch_batches(n_train, batch, seed=3, epoch=1)
+    assert [len(b) for b in batches[:-1]] == [batch] * (len(batches) - 1)  # the global batch, as sequential
+    seen = []
+    for b in batches:
+        parts = [allreduce.local_part(b, ranks, r) for r in range(ranks)]
+        assert max(map(len, parts)) - min(map(len, parts)) <= 1
+        seen += [i for part in parts for i in part]
+    assert sorted(seen) == list(range(n_train))
+    again = allreduce.epoch_batches(n_train, batch, seed=3, epoch=1)
+    assert all((a == b).all() for a, b in zip(batches, again))  # every rank draws the same permutation
+    other = allreduce.epoch_batches(n_train, batch, seed=3, epoch=2)
+    assert n_train < 8 or any((a != b).any() for a, b in zip(batches, other))  # reshuffled each epoch
+
+
+def test_flatten_roundtrip_and_replica_check():
+    arrays = [np.arange(6, dtype=np.float32).reshape(2, 3), np.ones(4, dtype=np.float32)]
+    back = allreduce.unflatten(allreduce.flatten(arrays), [a.shape for a in arrays])
+    for a, b in zip(arrays, back):
+        np.testing.assert_array_equal(a, b)
+    with pytest.raises(ValueError, match="buffer holds"):
+        allreduce.unflatten(allreduce.flatten(arrays), [(2, 3)])
+    allreduce.check_identical(["a", "a", "a"])
+    with pytest.raises(RuntimeError, match=r"rank\(s\) \[2\]"):
+        allreduce.check_identical(["a", "a", "b"])
+
+
+def gradient_check(ranks, tmp_path, *flags):
+    out = tmp_path / f"grad{ranks}{''.join(flags)}.json"
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    run = subprocess.run([str(BIN / "mpiexec"), "-n", str(ranks), str(BIN / "python"),
+                          str(ROOT / "tests" / "gradient_check.py"), str(out), *flags],
+                         capture_output=True, text=True, timeout=300, env=env)
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]
+    return json.loads(out.read_text())
+
+
+def test_allreduced_gradient_is_the_global_batch_gradient(tmp_path):
+    """One rank: the allreduce path is the single-process computation, bit for bit. Two ranks: the same mean
+    gradient up to float32 summation order (relative 1e-5 of the largest component), the same on every rank, and
+    at the right scale; dividing by the local count instead of the global batch (2x too large) is caught."""
+    one = gradient_check(1, tmp_path)
+    assert one["bitwise_equal"] and one["max_abs_difference"] == 0.0
+    two = gradient_check(2, tmp_path)
+    assert two["same_on_every_rank"]
+    assert two["max_abs_difference"] <= 1e-5 * two["max_abs_gradient"], two
+    assert two["norm_ratio"] == pytest.approx(1.0, abs=1e-5)
+    wrong = gradient_check(2, tmp_path, "--local-scale")
+    assert wrong["norm_ratio"] == pytest.approx(2.0, rel=1e-4)
+    assert wrong["max_abs_difference"] > 1e-5 * wrong["max_abs_gradient"]

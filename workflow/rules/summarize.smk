@@ -1,0 +1,130 @@
+rule summarize:
+    """Every result as a row of summary.csv (job wall times from the benchmarks), the statistics over seeds, the
+    differences against the seed spread, the paper comparison, per-rank times and provenance."""
+    input:
+        results=[result for result, _ in RESULTS],
+        benchmarks=sorted({bench for _, benches in RESULTS for bench in benches}),
+        paper="paper/reported_results.csv",
+    output:
+        summary=report("results/summary.csv", caption="../report/summary.rst", category="Summary"),
+        stats=report(
+            "results/summary_stats.csv", caption="../report/summary_stats.rst", category="Summary"
+        ),
+        differences=report(
+            "results/method_differences.csv",
+            caption="../report/differences.rst",
+            category="Summary",
+        ),
+        comparison=report(
+            "results/paper_comparison.csv",
+            caption="../report/paper_comparison.rst",
+            category="Summary",
+        ),
+        rank_times="results/rank_times.csv",
+        provenance="results/provenance.json",
+    log:
+        "logs/summarize.log",
+    conda:
+        "../../envs/summarize.yaml"
+    params:
+        results=" ".join(result for result, _ in RESULTS),
+        benchmarks=" ".join(",".join(benches) for _, benches in RESULTS),
+        cores=CORES,
+    shell:
+        "python -m mpi_ensemble summarize --results {params.results} --benchmarks {params.benchmarks} "
+        "--paper {input.paper} --cores {params.cores} --summary {output.summary} "
+        "--stats {output.stats} --differences {output.differences} --comparison {output.comparison} "
+        "--rank-times {output.rank_times} --provenance {output.provenance} > {log} 2>&1"
+
+
+rule figures:
+    """The paper's figures with its values beside ours, the speed-up, per-rank times and the methods."""
+    input:
+        stats="results/summary_stats.csv",
+        rank_times="results/rank_times.csv",
+        paper="paper/reported_results.csv",
+    output:
+        fig_sequential=report(
+            "results/figures/fig5_sequential.png", caption="../report/fig5.rst", category="Figures"
+        ),
+        fig_scaling=report(
+            "results/figures/fig6_scaling.png", caption="../report/fig6.rst", category="Figures"
+        ),
+        fig_speedup=report(
+            "results/figures/speedup.png", caption="../report/speedup.rst", category="Figures"
+        ),
+        fig_rank_times=report(
+            "results/figures/rank_times.png",
+            caption="../report/rank_times.rst",
+            category="Figures",
+        ),
+        fig_methods=report(
+            "results/figures/fig_methods.png",
+            caption="../report/fig_methods.rst",
+            category="Figures",
+        ),
+        fig_voting=report(
+            "results/figures/fig_voting.png",
+            caption="../report/fig_voting.rst",
+            category="Figures",
+        ),
+    log:
+        "logs/figures.log",
+    conda:
+        "../../envs/summarize.yaml"
+    shell:
+        "python -m mpi_ensemble figures --stats {input.stats} --rank-times {input.rank_times} "
+        "--paper {input.paper} --fig-sequential {output.fig_sequential} "
+        "--fig-scaling {output.fig_scaling} --fig-speedup {output.fig_speedup} "
+        "--fig-rank-times {output.fig_rank_times} --fig-methods {output.fig_methods} "
+        "--fig-voting {output.fig_voting} > {log} 2>&1"
+
+
+rule tables:
+    """The summary and the provenance as HTML pages for the Snakemake report."""
+    input:
+        summary="results/summary.csv",
+        stats="results/summary_stats.csv",
+        differences="results/method_differences.csv",
+        comparison="results/paper_comparison.csv",
+        provenance="results/provenance.json",
+    output:
+        summary_html=report(
+            "results/tables/summary.html", caption="../report/summary_html.rst", category="Summary"
+        ),
+        provenance_html=report(
+            "results/tables/provenance.html",
+            caption="../report/provenance.rst",
+            category="Provenance",
+        ),
+    log:
+        "logs/tables.log",
+    conda:
+        "../../envs/summarize.yaml"
+    shell:
+        "python -m mpi_ensemble tables --summary {input.summary} --stats {input.stats} "
+        "--differences {input.differences} --comparison {input.comparison} "
+        "--provenance {input.provenance} --summary-html {output.summary_html} "
+        "--provenance-html {output.provenance_html} > {log} 2>&1"
+
+
+rule method_table:
+    """Every run of one method (all ranks and seeds) as a table, so the report has a category per method."""
+    input:
+        summary="results/summary.csv",
+    output:
+        report(
+            "results/tables/methods/{method}.html",
+            caption="../report/method_table.rst",
+            category="Methods",
+            subcategory="{method}",
+        ),
+    log:
+        "logs/method_table/{method}.log",
+    wildcard_constraints:
+        method="|".join(METHODS),
+    conda:
+        "../../envs/summarize.yaml"
+    shell:
+        "python -m mpi_ensemble method_table --summary {input.summary} --method {wildcards.method} "
+        "--out {output} > {log} 2>&1"
