@@ -172,8 +172,8 @@ def train_sequential(arrays, model_path, result_path, threads, seed, settings, j
     record = records.rank_record("sequential", 0, 1, seed, settings, threads, job_cores, started, facts,
                                  shard=[0, len(x)], weights_sha256=weights_sha256(net.get_weights()))
     atomic.write_json(result_path, records.result_record("sequential", [record], scores))
-    return f"sequential threads={record['thread_settings']['threads']} seed={seed}: fit {facts['fit_seconds']:.2f} s, " \
-           f"accuracy {scores['accuracy']:.4f}"
+    return (f"sequential threads={record['thread_settings']['threads']} seed={seed}: "
+            f"fit {facts['fit_seconds']:.2f} s, accuracy {scores['accuracy']:.4f}")
 
 
 class RankJob:
