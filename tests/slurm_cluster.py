@@ -14,6 +14,7 @@ network namespace per node, with names carrying a random token, and deletes exac
 Run by hand to poke at it:  python tests/slurm_cluster.py [K]   (starts, prints sinfo, waits for Enter, stops).
 """
 
+import contextlib
 import os
 import random
 import shutil
@@ -52,6 +53,15 @@ def unavailable_reason(nodes=False):
 
 def find(name):
     return shutil.which(name, path=os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin"]))
+
+
+@contextlib.contextmanager
+def running(cluster):
+    """The cluster started, then stopped whatever happens (a failed start included: it may have left daemons)."""
+    try:
+        yield cluster.start()
+    finally:
+        cluster.stop()
 
 
 def free_port():
@@ -137,7 +147,7 @@ class Cluster:
         return text or "(no log)"
 
     def start(self, timeout=60):
-        for sub in ("munge", "state", "spool", "run", "log"):
+        for sub in ("munge", "state", "run", "log", *(f"spool/{name}" for name in self.node_names)):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
         os.chmod(self.root / "munge", 0o700)
         key = self.root / "munge" / "munge.key"
@@ -376,7 +386,6 @@ class NodesCluster(Cluster):
         plugin a temporary folder of the node's own (it would use /tmp, which the nodes here share)."""
         folder = self.root / "nodes" / name
         (folder / "tmp").mkdir(parents=True, exist_ok=True)
-        (self.root / "spool" / name).mkdir(parents=True, exist_ok=True)
         (folder / "slurm.conf").write_text(self.conf_text)
         (folder / "mpi.conf").write_text(f"PMIxCliTmpDirBase={folder / 'tmp'}\n")
         return folder / "slurm.conf"

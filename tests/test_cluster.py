@@ -13,7 +13,7 @@ import subprocess
 
 import pytest
 import slurm_cluster
-from conftest import ROOT, project_copy, snakemake
+from conftest import ROOT, project_copy, skip_unless_slurm, snakemake
 
 from mpi_ensemble import runtime
 
@@ -113,9 +113,7 @@ def test_dry_run_requests_per_rank_cpus_not_threads(tmp_path):
 def cluster_available():
     reason = slurm_cluster.unavailable_reason()
     if reason:
-        if os.environ.get("REQUIRE_SLURM") == "1":
-            pytest.fail(f"REQUIRE_SLURM=1, but the SLURM tests cannot run: {reason}")
-        pytest.skip(reason)
+        skip_unless_slurm(reason)
 
 
 def test_cluster_stops_every_process_it_started(cluster_available, tmp_path):
@@ -139,12 +137,8 @@ def test_cluster_stops_every_process_it_started(cluster_available, tmp_path):
 @pytest.fixture(scope="module")
 def cluster(cluster_available, tmp_path_factory):
     """munged, slurmctld and slurmd on localhost with 2 CPUs (this machine's), stopped by PID afterwards."""
-    cluster = slurm_cluster.Cluster(tmp_path_factory.mktemp("slurm"), cpus=2, memory_mb=8000)
-    try:
-        cluster.start()
-        yield cluster
-    finally:
-        cluster.stop()
+    with slurm_cluster.running(slurm_cluster.Cluster(tmp_path_factory.mktemp("slurm"), cpus=2, memory_mb=8000)) as up:
+        yield up
 
 
 @pytest.fixture(scope="module")

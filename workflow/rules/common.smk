@@ -92,8 +92,8 @@ shell.prefix(
 
 
 def mpi_resources(n):
-    """What every N-rank job asks of the executor, from the two settings that hold for every MPI rule: the
-    launcher (`mpi_launcher`) and the placement (`ranks_per_node`); N tasks of k CPUs each, never N x threads."""
+    """What every N-rank job asks of the executor: N tasks of k CPUs each (never N x threads), with the
+    launcher (`mpi_launcher`) and placement (`ranks_per_node`) that hold for every MPI rule."""
     return {
         "mpi": runtime.rank_launcher(config["mpi_launcher"], n),
         "tasks": n,
