@@ -37,11 +37,12 @@ RANKS = (2, 3)
 CONFIG = ["max_train_images=2000", "max_test_images=500", "epochs=1", "ranks=[2,3]", "seeds=[0]",
           "control_ranks=all", "ranks_per_node=1"]
 TRAINING = [f"train_mpi_ranks{n}" for n in RANKS] + [f"train_data_parallel_ranks{n}" for n in RANKS]
-# MPI_Allreduce may sum the ranks' gradients in another order when they sit on other hosts (the standard fixes
-# no order; MPICH picks its algorithm by message size and layout), which changes the last bit of a sum; one
-# epoch of Adam carries such a difference to about 1e-6 of a weight of order 0.1. 1e-4 is far below what
-# training changes (weights move by 1e-2 and more in an epoch) and far above rounding.
-DATA_PARALLEL_ATOL = 1e-4
+# MPI fixes no order in which MPI_Allreduce adds the ranks' gradients, and an MPI may pick another algorithm when
+# the ranks sit on other hosts; a changed last bit in a sum grows through the steps of Adam. Measured on one machine
+# (3 ranks, this subset, 1 epoch): MPICH's ring allreduce instead of its default moves weights by up to 4.7e-3
+# (largest weight 0.3; accuracy 0.638 against 0.642). 1e-2 allows that twice over and still fails a model
+# trained on other data or from another start (seed 1 against seed 0: 0.56).
+DATA_PARALLEL_ATOL = 1e-2
 MPI4PY = next(line.split("==")[1].strip() for line in (ROOT / "envs/requirements.txt").read_text().splitlines()
               if line.startswith("mpi4py=="))
 
@@ -98,7 +99,7 @@ def nodes(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory):
+def project(tmp_path_factory, site_mpi_build):
     """The training jobs on this machine alone (mpiexec, 2 cores); their outputs move to reference/."""
     work = project_copy(tmp_path_factory.mktemp("nodes_work"))
     snakemake(work, *TARGETS, "--config", *CONFIG)
@@ -274,24 +275,40 @@ LAUNCHERS = [
 ]
 
 
+SITE_MPICC = Path("/usr/bin/mpicc.openmpi")
+
+
 @pytest.fixture(scope="module")
-def site_mpi(tmp_path_factory):
-    """mpi4py built against Debian's Open MPI (the site's MPI here), in a folder that goes first on PYTHONPATH.
-    It is built by a fresh venv of the base interpreter: the .venv holds the pip MPICH's mpi.h, which would be
-    compiled in instead of Open MPI's. -O0 takes ~20 s instead of ~3 min; the speed of mpi4py's own code does
-    not matter here."""
-    mpicc = Path("/usr/bin/mpicc.openmpi")
-    if not mpicc.exists():
-        skip_unless_slurm("Debian's Open MPI is not installed; apt-get install -y openmpi-bin libopenmpi-dev gcc")
+def site_mpi_build(tmp_path_factory):
+    """Starts building mpi4py against Debian's Open MPI (the site's MPI here) in the background, so that it runs
+    while the first jobs do. A fresh venv of the base interpreter builds it: the .venv holds the pip MPICH's
+    mpi.h, which would be compiled in instead of Open MPI's. -O0 takes 20-50 s here instead of 2-3 min; the speed
+    of mpi4py's own code does not matter to the tests."""
     folder = tmp_path_factory.mktemp("site_mpi")
-    subprocess.run([sys.executable, "-m", "venv", str(folder / "build")], check=True, timeout=300)
-    started = time.monotonic()
-    build = subprocess.run(
-        [str(folder / "build/bin/python"), "-m", "pip", "install", "--quiet", "--no-deps", "--no-cache-dir",
-         "--no-binary", "mpi4py", "--target", str(folder / "lib"), f"mpi4py=={MPI4PY}"],
-        capture_output=True, text=True, timeout=900, env={**os.environ, "MPICC": str(mpicc), "CFLAGS": "-O0"})
-    assert build.returncode == 0, build.stdout[-2000:] + build.stderr[-4000:]
-    print(f"\nmpi4py {MPI4PY} built against Open MPI in {time.monotonic() - started:.0f} s")
+    if not SITE_MPICC.exists():
+        yield folder, None
+        return
+    build = folder / "build"
+    script = (f"{sys.executable} -m venv {build} && {build}/bin/python -m pip install --quiet --no-deps "
+              f"--no-cache-dir --no-binary mpi4py --target {folder / 'lib'} mpi4py=={MPI4PY}")
+    with open(folder / "build.log", "w") as log:
+        proc = subprocess.Popen(["sh", "-c", script], stdout=log, stderr=subprocess.STDOUT,
+                                env={**os.environ, "MPICC": str(SITE_MPICC), "CFLAGS": "-O0"})
+    try:
+        yield folder, proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.fixture(scope="module")
+def site_mpi(site_mpi_build):
+    """The folder with mpi4py built against Open MPI, which goes first on PYTHONPATH."""
+    folder, proc = site_mpi_build
+    if proc is None:
+        skip_unless_slurm("Debian's Open MPI is not installed; apt-get install -y openmpi-bin libopenmpi-dev gcc")
+    assert proc.wait(timeout=900) == 0, (folder / "build.log").read_text()[-4000:]
     return folder / "lib"
 
 
