@@ -88,6 +88,32 @@ def job_info(cluster, job_id):
 # --- the cluster, and the jobs on one machine and on the nodes ----------------------------------------------
 
 
+def test_stop_removes_every_namespace_link_and_process_it_made(tmp_path):
+    """Runs before the shared cluster exists (only one can be up at a time): a 2-node cluster runs a job that
+    spans both nodes and a job left running, then stops; nothing it made is left, and nothing else is touched."""
+    reason = slurm_cluster.unavailable_reason(nodes=True)
+    if reason:
+        skip_unless_slurm(reason)
+    links_before = slurm_cluster.ip("-o", "link", "show")
+    cluster = slurm_cluster.NodesCluster(tmp_path, nodes=2)
+    with slurm_cluster.running(cluster):
+        hosts = cluster.run_client("srun", "-N", "2", "-n", "2", "--mem-per-cpu", "100", "hostname", timeout=60)
+        assert sorted(hosts.stdout.split()) == ["n1", "n2"], hosts.stderr
+        job = cluster.run_client("sbatch", "--parsable", "-N", "2", "-n", "2", "--mem-per-cpu", "100", "-o",
+                                 "/dev/null", "--wrap", "srun sleep 300")
+        assert job.returncode == 0, job.stderr
+        cluster.wait_for(lambda: cluster.run_client("squeue", "-h", "-t", "R").stdout.strip(), "job running", 60)
+        made = [cluster.network.netns_path(k) for k in (1, 2)]
+        pids = [pid for k in (1, 2) for pid in cluster.network.pids(k)]
+        assert len(pids) >= 4  # per node at least slurmd, a step daemon and sleep
+    for pid in pids:
+        assert not os.path.exists(f"/proc/{pid}") or "zombie" in open(f"/proc/{pid}/status").read().lower(), pid
+    assert not any(path.exists() for path in made)
+    assert cluster.network.token not in slurm_cluster.ip("-o", "link", "show")
+    assert slurm_cluster.ip("-o", "link", "show").count("\n") == links_before.count("\n")
+    assert not slurm_cluster.SYSTEM_CONF.exists()
+
+
 @pytest.fixture(scope="module")
 def nodes(tmp_path_factory):
     reason = slurm_cluster.unavailable_reason(nodes=True)
