@@ -63,3 +63,10 @@ def skip_unless_required(reason):
     if os.environ.get("REQUIRE_SYSTEM_TESTS") == "1":
         pytest.fail(f"REQUIRE_SYSTEM_TESTS=1, but this test cannot run: {reason}")
     pytest.skip(reason)
+
+
+def skip_unless_slurm(reason):
+    """Skip the SLURM tests, printing why; under REQUIRE_SLURM=1 (CI, which installs the packages) fail instead."""
+    if os.environ.get("REQUIRE_SLURM") == "1":
+        pytest.fail(f"REQUIRE_SLURM=1, but the SLURM tests cannot run: {reason}")
+    pytest.skip(reason)

@@ -1,4 +1,5 @@
-"""A real, throw-away single-node SLURM cluster (munged, slurmctld, slurmd on localhost) for the tests.
+"""Real, throw-away SLURM clusters for the tests: `Cluster`, one node on localhost (munged, slurmctld, slurmd), and
+`NodesCluster`, K nodes n1..nK on this machine, each slurmd in its own network, UTS and IPC namespace.
 
 Everything lives in one temporary folder: a fresh munge key and socket, a minimal slurm.conf, state, spool, logs
 and pid files; the daemons use ports that were free when it started, so it never talks to a system munge or SLURM.
@@ -7,12 +8,15 @@ Daemons are stopped by the PIDs they were started with, after the jobs still que
 One thing goes outside the folder: SLURM's default configuration path, /etc/slurm/slurm.conf. Snakemake's
 slurm-jobstep executor strips every SLURM_* variable (SLURM_CONF included) before it calls srun inside a job, so
 srun there only finds a configuration at the default path. The cluster writes it only where none exists, and
-removes it when it stops, if it is still its own.
+removes it when it stops, if it is still its own. `NodesCluster` also creates a bridge, one veth pair and one
+network namespace per node, with names carrying a random token, and deletes exactly those.
 
-Run by hand to poke at it:  python tests/slurm_cluster.py   (starts, prints sinfo, waits for Enter, stops).
+Run by hand to poke at it:  python tests/slurm_cluster.py [K]   (starts, prints sinfo, waits for Enter, stops).
 """
 
+import contextlib
 import os
+import random
 import shutil
 import signal
 import socket
@@ -21,19 +25,23 @@ import time
 from pathlib import Path
 
 DAEMONS = ("munged", "slurmctld", "slurmd")
+NODE_TOOLS = ("ip", "nsenter", "unshare")
 CLIENTS = ("sbatch", "srun", "squeue", "sinfo", "scontrol", "scancel")
 INSTALL_HINT = "install them as root with: apt-get install -y slurm-wlm munge"
 SYSTEM_CONF = Path("/etc/slurm/slurm.conf")
 CONF_HEADER = "# Written by the project's tests (tests/slurm_cluster.py)"
 
 
-def unavailable_reason():
-    """Why this machine cannot run the test cluster, or None when it can."""
+def unavailable_reason(nodes=False):
+    """Why this machine cannot run the test cluster (with `nodes`, the multi-node one), or None when it can."""
     if os.geteuid() != 0:
         return "the test SLURM cluster needs root (slurmd starts jobs as their owner, munged reads a root-only key)"
     missing = [name for name in DAEMONS + CLIENTS if not find(name)]
     if missing:
         return f"SLURM/munge programs not found: {', '.join(missing)}; {INSTALL_HINT}"
+    missing = [name for name in NODE_TOOLS if nodes and not find(name)]
+    if missing:
+        return f"{', '.join(missing)} not found (the nodes' namespaces); apt-get install -y iproute2 util-linux"
     if SYSTEM_CONF.exists():
         if SYSTEM_CONF.read_text(errors="replace").startswith(CONF_HEADER):
             return (f"{SYSTEM_CONF} was left by a test cluster that did not stop (killed test run, or one running "
@@ -47,19 +55,31 @@ def find(name):
     return shutil.which(name, path=os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin"]))
 
 
+@contextlib.contextmanager
+def running(cluster):
+    """The cluster started, then stopped whatever happens (a failed start included: it may have left daemons)."""
+    try:
+        yield cluster.start()
+    finally:
+        cluster.stop()
+
+
 def free_port():
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
 
 
-def slurm_conf(root, ctld_port, slurmd_port, cpus, memory_mb, munge_socket):
-    """Minimal single-node configuration: no cgroups (linuxproc, task/none), no accounting, CPUs and memory as
-    consumable resources, so that a job asking for more than the node has is refused, never squeezed in."""
+def slurm_conf(root, ctld_port, slurmd_port, munge_socket, ctld_host, nodes, slurmd_timeout=30):
+    """Minimal configuration: no cgroups (linuxproc, task/none), no accounting, CPUs and memory as consumable
+    resources, so that a job asking for more than the nodes have is refused, never squeezed in. `nodes` are
+    NodeName lines; `%n` (the node's name) keeps each slurmd's spool, pid and log files apart."""
+    names = ",".join(line.split()[0].split("=", 1)[1] for line in nodes)
+    node_lines = "\n".join(nodes)
     return f"""\
 {CONF_HEADER} for a throw-away cluster in {root}.
 ClusterName=testcluster
-SlurmctldHost=localhost
+SlurmctldHost={ctld_host}
 SlurmctldPort={ctld_port}
 SlurmdPort={slurmd_port}
 SlurmUser=root
@@ -68,11 +88,11 @@ AuthType=auth/munge
 CredType=cred/munge
 AuthInfo=socket={munge_socket}
 StateSaveLocation={root}/state
-SlurmdSpoolDir={root}/spool
+SlurmdSpoolDir={root}/spool/%n
 SlurmctldPidFile={root}/run/slurmctld.pid
-SlurmdPidFile={root}/run/slurmd.pid
+SlurmdPidFile={root}/run/slurmd-%n.pid
 SlurmctldLogFile={root}/log/slurmctld.log
-SlurmdLogFile={root}/log/slurmd.log
+SlurmdLogFile={root}/log/slurmd-%n.log
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
 JobAcctGatherType=jobacct_gather/none
@@ -85,16 +105,18 @@ SelectType=select/cons_tres
 SelectTypeParameters=CR_Core_Memory
 ReturnToService=2
 SlurmctldTimeout=30
-SlurmdTimeout=30
+SlurmdTimeout={slurmd_timeout}
 InactiveLimit=0
 KillWait=5
 MinJobAge=600
-NodeName=localhost NodeAddr=127.0.0.1 CPUs={cpus} RealMemory={memory_mb} State=UNKNOWN
-PartitionName=debug Nodes=localhost Default=YES MaxTime=INFINITE State=UP
+{node_lines}
+PartitionName=debug Nodes={names} Default=YES MaxTime=INFINITE State=UP
 """
 
 
 class Cluster:
+    """One node, `localhost`, in this machine's own namespaces."""
+
     def __init__(self, root, cpus=2, memory_mb=8000):
         self.root = Path(root)
         self.cpus = cpus
@@ -109,6 +131,14 @@ class Cluster:
         """Environment for SLURM clients (sbatch, squeue, Snakemake and its plugin) talking to this cluster."""
         return {**os.environ, "SLURM_CONF": str(self.conf)}
 
+    @property
+    def node_names(self):
+        return ["localhost"]
+
+    def configuration(self, ctld_port, slurmd_port):
+        node = f"NodeName=localhost NodeAddr=127.0.0.1 CPUs={self.cpus} RealMemory={self.memory_mb} State=UNKNOWN"
+        return slurm_conf(self.root, ctld_port, slurmd_port, self.munge_socket, "localhost", [node])
+
     def log(self, name):
         text = ""
         for path in (self.root / "log" / f"{name}.log", self.root / "log" / f"{name}.stdout"):
@@ -117,16 +147,16 @@ class Cluster:
         return text or "(no log)"
 
     def start(self, timeout=60):
-        for sub in ("munge", "state", "spool", "run", "log"):
+        for sub in ("munge", "state", "run", "log", *(f"spool/{name}" for name in self.node_names)):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
         os.chmod(self.root / "munge", 0o700)
         key = self.root / "munge" / "munge.key"
         key.write_bytes(os.urandom(1024))
         os.chmod(key, 0o400)
-        self.conf_text = slurm_conf(self.root, free_port(), free_port(), self.cpus, self.memory_mb, self.munge_socket)
-        self.conf.write_text(self.conf_text)
         if SYSTEM_CONF.exists():
             raise RuntimeError(f"{SYSTEM_CONF} exists; refusing to replace a system SLURM configuration")
+        self.conf_text = self.configuration(free_port(), free_port())
+        self.conf.write_text(self.conf_text)
         SYSTEM_CONF.parent.mkdir(parents=True, exist_ok=True)
         SYSTEM_CONF.write_text(self.conf_text)
         # Foreground daemons (-F / -D) stay our children, so their PIDs are exactly what stop() ends.
@@ -139,9 +169,13 @@ class Cluster:
         self.wait_for(self.munge_socket.exists, "munged's socket", timeout)
         self.spawn("slurmctld", [find("slurmctld"), "-D", "-i", "-f", str(self.conf)])
         self.wait_for(lambda: "UP" in self.run_client("scontrol", "ping").stdout, "slurmctld", timeout)
-        self.spawn("slurmd", [find("slurmd"), "-D", "-N", "localhost", "-f", str(self.conf)])
-        self.wait_for(self.node_ready, "slurmd (node idle)", timeout)
+        for name in self.node_names:
+            self.start_slurmd(name)
+        self.wait_for(self.nodes_ready, "slurmd (every node idle)", timeout)
         return self
+
+    def start_slurmd(self, name):
+        self.spawn(f"slurmd-{name}", [find("slurmd"), "-D", "-N", name, "-f", str(self.conf)])
 
     def spawn(self, name, argv):
         with open(self.root / "log" / f"{name}.stdout", "wb") as out:
@@ -152,8 +186,14 @@ class Cluster:
     def run_client(self, name, *args, timeout=30):
         return subprocess.run([find(name), *args], capture_output=True, text=True, env=self.env, timeout=timeout)
 
-    def node_ready(self):
-        return self.run_client("sinfo", "-h", "-N", "-o", "%t").stdout.strip() in ("idle", "mix", "alloc")
+    def node_states(self):
+        """Node name -> SLURM state (idle, alloc, down*, ...)."""
+        out = self.run_client("sinfo", "-h", "-N", "-o", "%N %t").stdout.split()
+        return dict(zip(out[::2], out[1::2]))
+
+    def nodes_ready(self, names=None):
+        states = self.node_states()
+        return all(states.get(n) in ("idle", "mix", "alloc") for n in names or self.node_names)
 
     def wait_for(self, ready, what, timeout):
         deadline = time.monotonic() + timeout
@@ -167,7 +207,8 @@ class Cluster:
             except (subprocess.TimeoutExpired, OSError):
                 pass
             time.sleep(0.5)
-        raise RuntimeError(f"{what} not ready after {timeout} s:\n{self.log('slurmctld')}\n{self.log('slurmd')}")
+        logs = "\n".join(self.log(f"slurmd-{n}") for n in self.node_names)
+        raise RuntimeError(f"{what} not ready after {timeout} s:\n{self.log('slurmctld')}\n{logs}")
 
     def leftover_pids(self):
         """Processes that carry this cluster's SLURM_CONF: step daemons and job tasks that outlived their job
@@ -195,35 +236,196 @@ class Cluster:
         except (subprocess.TimeoutExpired, OSError):
             pass
         for name in reversed(list(self.procs)):
-            proc = self.procs.pop(name)
-            for sig in (signal.SIGTERM, signal.SIGKILL):
-                if proc.poll() is not None:
-                    break
-                try:
-                    os.killpg(proc.pid, sig)  # its own session: the daemon and its helpers (slurmscriptd)
-                except ProcessLookupError:
-                    break
-                try:
-                    proc.wait(timeout=15)
-                except subprocess.TimeoutExpired:
-                    continue
-        for pid in self.leftover_pids():
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+            stop_process(self.procs.pop(name))
+        kill_all(self.leftover_pids())
         if SYSTEM_CONF.exists() and self.conf_text is not None and SYSTEM_CONF.read_text() == self.conf_text:
             SYSTEM_CONF.unlink()
 
 
+def stop_process(proc):
+    """SIGTERM, then SIGKILL, to the process group of a daemon we started (the daemon and its helpers)."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        if proc.poll() is not None:
+            return
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout=15)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def kill_all(pids):
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def ip(*args):
+    """Run `ip ARGS`; a failure is an error naming the command and what it said."""
+    out = subprocess.run([find("ip"), *args], capture_output=True, text=True, timeout=30)
+    if out.returncode != 0:
+        raise RuntimeError(f"ip {' '.join(args)} failed: {out.stderr.strip()}")
+    return out.stdout
+
+
+def free_subnet():
+    """A 10.x.y.0/24 that no address or route of this machine uses (the nodes' private network)."""
+    used = ip("-4", "route", "show", "table", "all") + ip("-4", "-o", "addr", "show")
+    for _ in range(100):
+        prefix = f"10.{random.randint(100, 254)}.{random.randint(0, 254)}"
+        if f"{prefix}." not in used:
+            return prefix
+    raise RuntimeError("no free 10.x.y.0/24 subnet found for the test nodes")
+
+
+class NodeNetwork:
+    """A bridge on this machine (address .1) and per node a network namespace joined to it by a veth pair
+    (address .10+k). Everything carries a random token; delete() removes exactly what create() made."""
+
+    def __init__(self, count):
+        self.token = os.urandom(3).hex()
+        self.count = count
+        self.prefix = None
+        self.bridge = f"stbr{self.token}"
+        self.made = []  # ("netns" | "link", name), in creation order
+
+    @property
+    def host_address(self):
+        return f"{self.prefix}.1"
+
+    def address(self, k):
+        return f"{self.prefix}.{10 + k}"
+
+    def netns(self, k):
+        return f"slurmtest-{self.token}-n{k}"
+
+    def netns_path(self, k):
+        return Path("/run/netns") / self.netns(k)
+
+    def create(self):
+        self.prefix = free_subnet()
+        ip("link", "add", self.bridge, "type", "bridge")
+        self.made.append(("link", self.bridge))
+        ip("addr", "add", f"{self.host_address}/24", "dev", self.bridge)
+        ip("link", "set", self.bridge, "up")
+        for k in range(1, self.count + 1):
+            ns, veth = self.netns(k), f"stv{k}{self.token}"
+            ip("netns", "add", ns)
+            self.made.append(("netns", ns))
+            ip("link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", ns)
+            self.made.append(("link", veth))
+            ip("link", "set", veth, "master", self.bridge, "up")
+            ip("-n", ns, "addr", "add", f"{self.address(k)}/24", "dev", "eth0")
+            ip("-n", ns, "link", "set", "eth0", "up")
+            ip("-n", ns, "link", "set", "lo", "up")
+        return self
+
+    def pids(self, k):
+        """Every process whose network namespace is node k's: its slurmd, step daemons and job tasks."""
+        try:
+            inode = os.stat(self.netns_path(k)).st_ino
+        except FileNotFoundError:
+            return []
+        pids = []
+        for entry in Path("/proc").iterdir():
+            try:
+                if entry.name.isdigit() and os.stat(entry / "ns" / "net").st_ino == inode:
+                    pids.append(int(entry.name))
+            except OSError:
+                continue
+        return pids
+
+    def delete(self):
+        for k in range(1, self.count + 1):
+            kill_all(self.pids(k))
+        for kind, name in reversed(self.made):
+            args = ("netns", "del", name) if kind == "netns" else ("link", "del", name)
+            try:
+                ip(*args)
+            except RuntimeError as err:
+                if "Cannot find" not in str(err) and "No such" not in str(err):  # a veth goes with its netns
+                    raise
+        self.made.clear()
+
+
+class NodesCluster(Cluster):
+    """K nodes n1..nK of `cpus` CPUs each. slurmctld runs on this machine under its real host name, reached at
+    the bridge's address; each slurmd runs in node k's network namespace (its own address), with its own UTS
+    namespace (host name nk) and IPC namespace. munged's socket is a path, which every namespace reaches."""
+
+    def __init__(self, root, nodes=3, cpus=1, memory_mb=4000, slurmd_timeout=10):
+        super().__init__(root, cpus=cpus, memory_mb=memory_mb)
+        self.network = NodeNetwork(nodes)
+        self.slurmd_timeout = slurmd_timeout
+
+    @property
+    def node_names(self):
+        return [f"n{k}" for k in range(1, self.network.count + 1)]
+
+    def configuration(self, ctld_port, slurmd_port):
+        nodes = [
+            f"NodeName=n{k} NodeAddr={self.network.address(k)} CPUs={self.cpus} RealMemory={self.memory_mb} "
+            "State=UNKNOWN"
+            for k in range(1, self.network.count + 1)
+        ]
+        ctld = f"{socket.gethostname()}({self.network.host_address})"
+        return slurm_conf(self.root, ctld_port, slurmd_port, self.munge_socket, ctld, nodes, self.slurmd_timeout)
+
+    def start(self, timeout=60):
+        self.network.create()
+        return super().start(timeout)
+
+    def node_conf(self, name):
+        """Node `name`'s configuration folder: the cluster's slurm.conf, and an mpi.conf giving SLURM's PMIx
+        plugin a temporary folder of the node's own (it would use /tmp, which the nodes here share)."""
+        folder = self.root / "nodes" / name
+        (folder / "tmp").mkdir(parents=True, exist_ok=True)
+        (folder / "slurm.conf").write_text(self.conf_text)
+        (folder / "mpi.conf").write_text(f"PMIxCliTmpDirBase={folder / 'tmp'}\n")
+        return folder / "slurm.conf"
+
+    def start_slurmd(self, name):
+        k = int(name[1:])
+        # `ip netns exec` would remount /sys, where slurmd then finds no cgroup file system: enter the network
+        # namespace alone, then new UTS and IPC namespaces. exec keeps slurmd the PID we started.
+        inner = f"hostname {name} && exec {find('slurmd')} -D -N {name} -f {self.node_conf(name)}"
+        self.spawn(f"slurmd-{name}", [find("nsenter"), f"--net={self.network.netns_path(k)}",
+                                      find("unshare"), "--uts", "--ipc", "sh", "-c", inner])
+
+    def lose_node(self, name):
+        """The node dies: SIGKILL every process in its network namespace (slurmd, step daemons, ranks)."""
+        pids = self.network.pids(int(name[1:]))
+        kill_all(pids)
+        self.procs.pop(f"slurmd-{name}").wait(timeout=15)
+        return pids
+
+    def revive_node(self, name, timeout=60):
+        """Start the node's slurmd again; ReturnToService=2 makes the node usable once it registers."""
+        self.start_slurmd(name)
+        self.wait_for(lambda: self.nodes_ready([name]), f"node {name} back", timeout)
+
+    def stop(self):
+        try:
+            super().stop()
+        finally:
+            self.network.delete()
+
+
 if __name__ == "__main__":
+    import sys
     import tempfile
 
-    reason = unavailable_reason()
+    reason = unavailable_reason(nodes=len(sys.argv) > 1)
     if reason:
         raise SystemExit(reason)
     with tempfile.TemporaryDirectory(prefix="slurm-") as tmp:
-        cluster = Cluster(tmp)
+        cluster = NodesCluster(tmp, nodes=int(sys.argv[1])) if len(sys.argv) > 1 else Cluster(tmp)
         try:
             cluster.start()
             print(cluster.run_client("sinfo").stdout)

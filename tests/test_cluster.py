@@ -13,7 +13,7 @@ import subprocess
 
 import pytest
 import slurm_cluster
-from conftest import ROOT, project_copy, snakemake
+from conftest import ROOT, project_copy, skip_unless_slurm, snakemake
 
 from mpi_ensemble import runtime
 
@@ -51,28 +51,59 @@ def test_scheduler_launch_commands():
         runtime.scheduler_launch_command([], 2, 1)
 
 
-def test_slurm_profile_launches_every_world_size_but_one_through_srun():
+def test_job_cores_of_a_job_on_several_nodes_are_all_its_cpus():
+    """Inside a multi-node MPI job the batch step sees its own node's share; the job holds them all."""
+    assert runtime.slurm_job_cpus({"SLURM_JOB_CPUS_PER_NODE": "2(x3),1", "SLURM_CPUS_ON_NODE": "2"}) == 7
+    assert runtime.slurm_job_cpus({"SLURM_JOB_CPUS_PER_NODE": "1,1", "SLURM_CPUS_ON_NODE": "1"}) == 2
+    assert runtime.slurm_job_cpus({"SLURM_JOB_CPUS_PER_NODE": "junk", "SLURM_CPUS_ON_NODE": "3"}) == 3
+    assert runtime.job_cores(2, {"SLURM_JOB_CPUS_PER_NODE": "1(x3)", "SLURM_CPUS_ON_NODE": "1"}) == 2
+    assert runtime.job_cores(None, {"SLURM_JOB_CPUS_PER_NODE": "1(x3)"}) == 3
+
+
+@pytest.mark.parametrize(
+    "launcher, ranks, expected",
+    [("srun --mpi=pmi2", 1, ""), ("srun --mpi=pmi2", 3, "srun --mpi=pmi2"), ("mpiexec", 1, "mpiexec"),
+     ("/opt/mpi/bin/mpirun", 1, "/opt/mpi/bin/mpirun"), ("aprun", 2, "aprun")],
+)
+def test_one_rank_under_a_scheduler_launcher_is_a_singleton(launcher, ranks, expected):
+    assert runtime.rank_launcher(launcher, ranks) == expected
+
+
+def test_placement_asks_for_enough_nodes():
+    assert runtime.placement(3, 0) == {}
+    assert runtime.placement(3, 1) == {"nodes": 3}
+    assert runtime.placement(5, 2) == {"nodes": 3} and runtime.placement(4, 2) == {"nodes": 2}
+    with pytest.raises(ValueError, match="ranks_per_node"):
+        runtime.placement(2, -1)
+
+
+def test_slurm_profile_sets_launcher_and_placement_once():
+    """One launcher and one placement for every MPI rule, in the profile's config file; no per-rule entries."""
     import yaml
 
     profile = yaml.safe_load((ROOT / "workflow/profiles/slurm/config.yaml").read_text())
     assert profile["executor"] == "slurm" and profile["default-resources"]["runtime"] > 0
-    rules = profile["set-resources"]
-    for prefix in ("train_mpi_ranks", "train_data_parallel_ranks"):
-        assert rules[f"{prefix}1"]["mpi"] == "''"
-        for n in range(2, 9):
-            assert rules[f"{prefix}{n}"]["mpi"] == "'srun --mpi=pmi2'"
+    assert "set-resources" not in profile
+    mpi = yaml.safe_load((ROOT / profile["configfile"]).read_text())
+    assert mpi == {"mpi_launcher": "srun --mpi=pmi2", "ranks_per_node": 0}
 
 
 def test_dry_run_requests_per_rank_cpus_not_threads(tmp_path):
-    """What the plugin sees (dry run, no cluster): N tasks with cores // N CPUs each, never N × threads."""
+    """What the plugin sees (dry run, no cluster): N tasks with cores // N CPUs each, never N × threads, every
+    world size and both MPI methods with the profile's launcher; `ranks_per_node` adds the nodes."""
     work = project_copy(tmp_path)
-    out = snakemake(work, *PROFILE, "-n", "--config", *SMALL)
+    out = snakemake(work, *PROFILE, "-n", "--config", *SMALL[:-2], "ranks=[1,2,3]", "seeds=[0]",
+                    "control_ranks=all", "ranks_per_node=1")
     text = out.stdout + out.stderr
-    for rule in ("train_mpi_ranks2", "train_data_parallel_ranks2"):
+    for rule, n in [("train_mpi_ranks2", 2), ("train_data_parallel_ranks2", 2), ("train_mpi_ranks3", 3),
+                    ("train_data_parallel_ranks3", 3)]:
         block = text[text.index(f"rule {rule}:"):]
         resources = block[block.index("resources:"):].splitlines()[0]
-        assert "mpi=srun --mpi=pmi2" in resources and "tasks=2" in resources and "cpus_per_task=1," in resources
-        assert "srun --mpi=pmi2 -n 2 --cpus-per-task=1 python -m mpi4py" in block
+        assert "mpi=srun --mpi=pmi2" in resources and f"tasks={n}" in resources, resources
+        assert "cpus_per_task=1," in resources and f"nodes={n}" in resources, resources
+        assert f"srun --mpi=pmi2 -n {n} --cpus-per-task=1 python -m mpi4py" in block
+    block = text[text.index("rule train_mpi_ranks1:"):]
+    assert "mpi=, tasks=1" in block[block.index("resources:"):].splitlines()[0]
 
 
 # --- the real cluster --------------------------------------------------------------------------------------
@@ -82,9 +113,7 @@ def test_dry_run_requests_per_rank_cpus_not_threads(tmp_path):
 def cluster_available():
     reason = slurm_cluster.unavailable_reason()
     if reason:
-        if os.environ.get("REQUIRE_SLURM") == "1":
-            pytest.fail(f"REQUIRE_SLURM=1, but the SLURM tests cannot run: {reason}")
-        pytest.skip(reason)
+        skip_unless_slurm(reason)
 
 
 def test_cluster_stops_every_process_it_started(cluster_available, tmp_path):
@@ -108,12 +137,8 @@ def test_cluster_stops_every_process_it_started(cluster_available, tmp_path):
 @pytest.fixture(scope="module")
 def cluster(cluster_available, tmp_path_factory):
     """munged, slurmctld and slurmd on localhost with 2 CPUs (this machine's), stopped by PID afterwards."""
-    cluster = slurm_cluster.Cluster(tmp_path_factory.mktemp("slurm"), cpus=2, memory_mb=8000)
-    try:
-        cluster.start()
-        yield cluster
-    finally:
-        cluster.stop()
+    with slurm_cluster.running(slurm_cluster.Cluster(tmp_path_factory.mktemp("slurm"), cpus=2, memory_mb=8000)) as up:
+        yield up
 
 
 @pytest.fixture(scope="module")
@@ -200,13 +225,11 @@ def test_mpi_job_is_one_two_rank_step_in_one_allocation(slurm_run, cluster):
 
 
 def test_mpiexec_inside_the_allocation_also_gives_one_world(slurm_run, cluster):
-    """A world size the profile does not list runs with the rule's default launcher, the pip MPICH's mpiexec,
-    inside its allocation: still one 2-rank world in one job."""
+    """One rule's launcher set to the pip MPICH's mpiexec (a --set-resources entry beats the profile's
+    mpi_launcher): Hydra inside the allocation, still one 2-rank world in one job."""
     work, log = slurm_run
     [first_job] = submitted_rules(log)["train_mpi_ranks2"]
-    # --set-resources replaces the profile's list: keep ranks1's entry, or its changed launcher would rerun it.
-    launchers = ["train_mpi_ranks1:mpi=''", "train_mpi_ranks2:mpi='mpiexec'"]
-    out = snakemake(work, *PROFILE, "--set-resources", *launchers, "--forcerun",
+    out = snakemake(work, *PROFILE, "--set-resources", "train_mpi_ranks2:mpi='mpiexec'", "--forcerun",
                     "train_mpi_ranks2", "--config", *SMALL, env={"SLURM_CONF": str(cluster.conf)}, timeout=900)
     text = out.stdout + out.stderr
     [job_id] = submitted_rules(text)["train_mpi_ranks2"]

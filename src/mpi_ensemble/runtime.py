@@ -79,11 +79,44 @@ def slurm_cpus_on_node(environ=None):
     return int(value) if value.isdigit() and int(value) > 0 else None
 
 
+def slurm_job_cpus(environ=None):
+    """CPUs this SLURM job holds on all its nodes together, from SLURM_JOB_CPUS_PER_NODE ("2(x3),1" is 2 CPUs
+    on each of 3 nodes and 1 on a fourth); else SLURM_CPUS_ON_NODE; None outside a SLURM job."""
+    environ = os.environ if environ is None else environ
+    spec = environ.get("SLURM_JOB_CPUS_PER_NODE", "")
+    parts = re.fullmatch(r"\d+(\(x\d+\))?(,\d+(\(x\d+\))?)*", spec) and spec.split(",")
+    if not parts:
+        return slurm_cpus_on_node(environ)
+    total = 0
+    for part in parts:
+        cpus, _, times = part.partition("(x")
+        total += int(cpus) * int(times.rstrip(")") or 1)
+    return total or None
+
+
 def job_cores(requested=None, environ=None):
-    """Cores a job may claim: those it was given (--cores), never more than its SLURM allocation holds on this
-    node (a site without task confinement lets the batch step see the whole node); else this process's cores."""
-    limits = [c for c in (requested, slurm_cpus_on_node(environ)) if c]
+    """Cores a job may claim: those it was given (--cores), never more than its SLURM allocation holds (a site
+    without task confinement lets the batch step see the whole node); else this process's cores. A job spread
+    over nodes holds the CPUs of all of them: its N ranks and k threads each fit there, not on the first node."""
+    limits = [c for c in (requested, slurm_job_cpus(environ)) if c]
     return min(limits) if limits else available_cores()
+
+
+def rank_launcher(launcher, ranks):
+    """The `mpi` resource of an N-rank job: the launcher, except that a 1-rank job under a scheduler's launcher
+    (srun, ...) gets none and runs as an MPI singleton (the SLURM plugin refuses MPI jobs of one task)."""
+    first = str(launcher).split()[0] if str(launcher).split() else ""
+    if ranks == 1 and os.path.basename(first) not in ("mpiexec", "mpirun"):
+        return ""
+    return launcher
+
+
+def placement(ranks, ranks_per_node):
+    """Resources that spread an N-rank job: ceil(N / k) nodes for k ranks a node; none (the scheduler's
+    choice) for k = 0."""
+    if ranks_per_node < 0:
+        raise ValueError(f"ranks_per_node must be 0 (the scheduler's choice) or more, not {ranks_per_node}")
+    return {"nodes": -(-ranks // ranks_per_node)} if ranks_per_node else {}
 
 
 def threads_per_rank(cores, ranks):

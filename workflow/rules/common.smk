@@ -91,6 +91,17 @@ shell.prefix(
 )
 
 
+def mpi_resources(n):
+    """What every N-rank job asks of the executor: N tasks of k CPUs each (never N x threads), with the
+    launcher (`mpi_launcher`) and placement (`ranks_per_node`) that hold for every MPI rule."""
+    return {
+        "mpi": runtime.rank_launcher(config["mpi_launcher"], n),
+        "tasks": n,
+        "cpus_per_task": threads_per_rank(n),
+        **refuse(runtime.placement, n, config["ranks_per_node"]),
+    }
+
+
 def launch_prefix(wildcards, resources, threads):
     """`mpiexec -n N` with binding flags (binding only when the ranks fit on the job's cores), or the scheduler's
     launcher named by the rule's `mpi` resource."""

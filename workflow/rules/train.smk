@@ -1,5 +1,6 @@
 # Every training job claims all local cores (`threads`), so no two timed jobs overlap; MPI jobs share them out
-# (cores // N threads per rank) and, under SLURM, ask for N tasks of that many CPUs each (never N x threads).
+# (cores // N threads per rank) and, under SLURM, ask for N tasks of that many CPUs each (never N x threads),
+# started by the one launcher and spread by the one placement the config names (mpi_resources).
 
 
 rule train_sequential:
@@ -55,9 +56,7 @@ for n in RANKS:
             "../../envs/train.yaml"
         threads: max(CORES, n)
         resources:
-            mpi="mpiexec",
-            tasks=n,
-            cpus_per_task=threads_per_rank(n),
+            **mpi_resources(n),
         params:
             out_dir=lambda wc, output: os.path.dirname(output.models[0]),
             launch=launch_prefix,
@@ -93,9 +92,7 @@ for n in CONTROL_RANKS:
             "../../envs/train.yaml"
         threads: max(CORES, n)
         resources:
-            mpi="mpiexec",
-            tasks=n,
-            cpus_per_task=threads_per_rank(n),
+            **mpi_resources(n),
         params:
             out_dir=lambda wc, output: os.path.dirname(output.model),
             launch=launch_prefix,
