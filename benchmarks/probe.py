@@ -1,7 +1,7 @@
 """Per-core probe: how close one training thread comes to this CPU's practical limit, for every kernel setting
 tried, and the per-core throughput at N = cores against the paper's code path. Prints one table.
 
-    .venv/bin/python benchmarks/probe.py              # the table on this machine, 5 repeats (about 7 minutes)
+    .venv/bin/python benchmarks/probe.py              # the table on this machine, 5 repeats (about 8 minutes)
     .venv/bin/python benchmarks/probe.py --quick      # 2 repeats, fewer images: checks that it runs
     .venv/bin/python benchmarks/probe.py --json out.json --skip-scaling
 
@@ -63,8 +63,8 @@ def emulates_avx2(flags):
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--repeats", type=int, help="rounds of every measurement (default 5; --quick 2)")
-    p.add_argument("--train-images", type=int, help="images per training epoch of the probe (default 12800)")
-    p.add_argument("--scaling-train-images", type=int, help="training set of the N = cores jobs (default 30000)")
+    p.add_argument("--train-images", type=int, help="images per training epoch of the probe (default 6400)")
+    p.add_argument("--scaling-train-images", type=int, help="training set of the N = cores jobs (default 20000)")
     p.add_argument("--skip-scaling", action="store_true", help="leave out ours vs the paper at N = cores")
     p.add_argument("--skip-profile", action="store_true", help="leave out the oneDNN-verbose profile")
     p.add_argument("--quick", action="store_true")
@@ -73,7 +73,7 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
     p.add_argument("--core", type=int, default=0, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    quick = (2, 3200, 6000) if args.quick else (5, 12800, 30000)
+    quick = (2, 3200, 6000) if args.quick else (5, 6400, 20000)
     for name, value in zip(("repeats", "train_images", "scaling_train_images"), quick):
         if getattr(args, name) is None:
             setattr(args, name, value)
@@ -104,6 +104,7 @@ def worker(folder, train_images, seed, core):
             self.seconds.append(time.process_time() - self.start)
 
     settings = {"epochs": 2, "batch_size": 64, "validation_split": 0.0, "precision": "float32",
+                # PROBE_STEPS_PER_EXECUTION: to try other values by hand (1 measured 3-4 % slower than 16)
                 "steps_per_execution": int(os.environ.get("PROBE_STEPS_PER_EXECUTION", training.STEPS_PER_EXECUTION))}
     net, facts = training.fit(keras, x, y, seed, settings, callbacks=[CpuTimer()])
     test_x, test_y = np.load(Path(folder) / "test_x.npy"), np.load(Path(folder) / "test_y.npy")
@@ -143,7 +144,7 @@ def train_once(folder, env, train_images, seed, core):
     return result
 
 
-def matmul_once(core, seconds=2.0, extra=None):
+def matmul_once(core, seconds=1.0, extra=None):
     """GFLOP/s of one single-threaded float32 1024x1024 matrix multiply loop on `core` (NumPy's BLAS)."""
     env = clean_env({"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", **(extra or {})})
     out = run_python([str(ROOT / "benchmarks" / "scaling.py"), "--probe-worker", str(core), "--probe-seconds",
@@ -213,7 +214,8 @@ def setting_rows(names, runs, limits, chosen):
         diffs = [a["accuracy"] - b["accuracy"] for a, b in zip(group, runs[chosen])]
         limit = limits["AVX2 (OpenBLAS Haswell)" if name.startswith("AVX2") else "native"]
         rows.append({
-            "setting": name, "repeats": len(group), "gflops": statistics.median(gflops), "gflops_spread": spread(gflops),
+            "setting": name, "repeats": len(group), "gflops": statistics.median(gflops),
+            "gflops_spread": spread(gflops),
             "cpu_gflops": statistics.median(r["cpu_gflops"] for r in group),
             "fraction": statistics.median(gflops) / limit, "worst_fraction": min(gflops) / limit,
             "met": "yes" if min(gflops) / limit >= TARGET_FRACTION else "NO",

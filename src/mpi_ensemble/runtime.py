@@ -5,6 +5,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 
 PRECISIONS = ("float32", "mixed_bfloat16")
 BF16_FLAGS = ("avx512_bf16", "amx_bf16")
@@ -74,13 +75,27 @@ def apply_cpu_settings(tuning=None, flags=None, environ=None):
 
 
 def kernel_settings(flags=None, environ=None):
-    """What decided the kernels of this process: the CPU kind and every kernel variable in force."""
+    """What decided the kernels of this process: the CPU kind, every kernel variable in force, and whether
+    TensorFlow runs oneDNN's kernels (its own answer; None before TensorFlow is imported)."""
     environ = os.environ if environ is None else environ
     return {
         "cpu_kind": cpu_kind(cpu_flags() if flags is None else flags),
         "cpu_tuning": environ.get(CPU_TUNING_ENV, "auto"),
         "env": {key: environ[key] for key in KERNEL_ENV if key in environ},
+        "onednn": onednn_enabled(),
     }
+
+
+def onednn_enabled():
+    """TensorFlow's own verdict on oneDNN in this process, if TensorFlow is running (the variable alone does not
+    prove it: a launcher may not pass the environment on)."""
+    if "tensorflow" not in sys.modules:
+        return None
+    try:
+        from tensorflow.python.util import _pywrap_util_port
+    except ImportError:  # a TensorFlow without the private hook: unknown rather than wrong
+        return None
+    return bool(_pywrap_util_port.IsMklEnabled())
 
 
 def check_precision(precision, flags):
