@@ -46,14 +46,26 @@ TARGET_FRACTION = 0.6
 
 
 def settings_to_try(flags):
-    """(name, environment) of every setting measured on this CPU: TensorFlow's defaults, oneDNN off and on, and
-    the automatic choice; on an AVX-512 CPU the same for the emulated AVX2 kind."""
-    rows = [("tensorflow defaults", {runtime.CPU_TUNING_ENV: "tensorflow"}),
-            ("oneDNN off (Eigen)", {runtime.CPU_TUNING_ENV: "tensorflow", "TF_ENABLE_ONEDNN_OPTS": "0"}),
+    """(name, environment) of every setting measured on this CPU: oneDNN off (TensorFlow's generic kernels, its
+    default on an AVX2-only CPU), the automatic choice, and the issue's probe (plain `fit` on arrays: Keras' own
+    autotuned input pipeline, one step per call); on an AVX-512 CPU the last two for the emulated AVX2 kind
+    instead. TensorFlow's own default on this CPU is one of the first two (`tensorflow_default_onednn`)."""
+    plain = {"PROBE_PIPELINE": "keras"}
+    rows = [("oneDNN off (Eigen)", {runtime.CPU_TUNING_ENV: "tensorflow", "TF_ENABLE_ONEDNN_OPTS": "0"}),
             ("auto (chosen)", {runtime.CPU_TUNING_ENV: "auto"})]
     if emulates_avx2(flags):
         rows.append(("AVX2 emulated, auto", {runtime.CPU_TUNING_ENV: "auto", **AVX2_CAP}))
+        rows.append(("AVX2 emulated, plain fit", {runtime.CPU_TUNING_ENV: "auto", **AVX2_CAP, **plain}))
+    else:
+        rows.append(("plain fit, auto", {runtime.CPU_TUNING_ENV: "auto", **plain}))
     return rows
+
+
+def tensorflow_default_onednn():
+    """Whether TensorFlow, left to itself, turns oneDNN on in this CPU (its own verdict, in a fresh process)."""
+    code = "from mpi_ensemble import runtime; import tensorflow; print(runtime.onednn_enabled())"
+    out = run_python(["-c", code], clean_env({runtime.CPU_TUNING_ENV: "tensorflow"}))
+    return out.stdout.strip().splitlines()[-1] == "True"
 
 
 def emulates_avx2(flags):
@@ -95,22 +107,51 @@ def worker(folder, train_images, seed, core):
     y = np.load(Path(folder) / "train_y.npy", mmap_mode="r")[:train_images]
 
     class CpuTimer(keras.callbacks.Callback):
-        seconds = []
+        seconds, waits = [], []
 
         def on_epoch_begin(self, epoch, logs=None):
-            self.start = time.process_time()
+            self.start, self.wait = time.process_time(), runqueue_seconds()
 
         def on_epoch_end(self, epoch, logs=None):
             self.seconds.append(time.process_time() - self.start)
+            self.waits.append(runqueue_seconds() - self.wait)
 
     settings = {"epochs": 2, "batch_size": 64, "validation_split": 0.0, "precision": "float32",
                 # PROBE_STEPS_PER_EXECUTION: to try other values by hand (1 measured 3-4 % slower than 16)
                 "steps_per_execution": int(os.environ.get("PROBE_STEPS_PER_EXECUTION", training.STEPS_PER_EXECUTION))}
-    net, facts = training.fit(keras, x, y, seed, settings, callbacks=[CpuTimer()])
+    if os.environ.get("PROBE_PIPELINE") == "keras":
+        net, facts = plain_fit(keras, np.asarray(x), np.asarray(y), seed, [CpuTimer()])
+    else:
+        net, facts = training.fit(keras, x, y, seed, settings, callbacks=[CpuTimer()])
     test_x, test_y = np.load(Path(folder) / "test_x.npy"), np.load(Path(folder) / "test_y.npy")
     accuracy = float((training.predict(net, test_x).argmax(axis=1) == test_y).mean())
     print(json.dumps({"wall_s": facts["epoch_seconds"][-1], "cpu_s": CpuTimer.seconds[-1], "images": len(x),
+                      "runqueue_s": CpuTimer.waits[-1],
                       "accuracy": accuracy, "kernel_settings": runtime.kernel_settings()}))
+
+
+def runqueue_seconds():
+    """Seconds this process's threads have spent runnable but waiting for a CPU (/proc schedstat run_delay):
+    the time other load took from us, as opposed to time our threads slept (a stall)."""
+    total = 0
+    for stat in Path("/proc/self/task").glob("*/schedstat"):
+        try:
+            total += int(stat.read_text().split()[1])
+        except (OSError, IndexError, ValueError):  # a thread that ended meanwhile
+            continue
+    return total / 1e9
+
+
+def plain_fit(keras, x, y, seed, callbacks):
+    """What the paper's script and the issue's probe run: `fit` on in-memory arrays (Keras builds an autotuned
+    tf.data pipeline), one train step per call."""
+    from mpi_ensemble import training
+
+    keras.utils.set_random_seed(seed)
+    net = model.build_model(keras, input_shape=x.shape[1:])
+    timer = training.epoch_timer(keras)
+    net.fit(x, y, batch_size=64, epochs=2, shuffle=True, verbose=0, callbacks=[timer, *callbacks])
+    return net, {"epoch_seconds": timer.seconds}
 
 
 def clean_env(extra):
@@ -141,6 +182,8 @@ def train_once(folder, env, train_images, seed, core):
     result = last_json(out.stdout)
     result["gflops"] = result["images"] * FLOPS / result["wall_s"] / 1e9
     result["cpu_gflops"] = result["images"] * FLOPS / result["cpu_s"] / 1e9
+    result["busy"] = result["cpu_s"] / result["wall_s"]  # < 1 on a quiet machine: the core sat idle (a stall)
+    result["waited"] = result["runqueue_s"] / result["wall_s"]  # > 0: other load held the core
     return result
 
 
@@ -217,6 +260,7 @@ def setting_rows(names, runs, limits, chosen):
             "setting": name, "repeats": len(group), "gflops": statistics.median(gflops),
             "gflops_spread": spread(gflops),
             "cpu_gflops": statistics.median(r["cpu_gflops"] for r in group),
+            "busy": spread([r["busy"] for r in group], "{:.2f}"), "waited": max(r["waited"] for r in group),
             "fraction": statistics.median(gflops) / limit, "worst_fraction": min(gflops) / limit,
             "met": "yes" if min(gflops) / limit >= TARGET_FRACTION else "NO",
             "accuracy": statistics.mean(acc), "accuracy_sd": statistics.stdev(acc) if len(acc) > 1 else None,
@@ -227,7 +271,8 @@ def setting_rows(names, runs, limits, chosen):
 
 
 SETTING_COLUMNS = [("setting", "{}"), ("repeats", "{}"), ("gflops", "{:.1f}"), ("gflops_spread", "{}"),
-                   ("cpu_gflops", "{:.1f}"), ("fraction", "{:.2f}"), ("worst_fraction", "{:.2f}"), ("met", "{}"),
+                   ("cpu_gflops", "{:.1f}"), ("busy", "{}"), ("waited", "{:.2f}"), ("fraction", "{:.2f}"),
+                   ("worst_fraction", "{:.2f}"), ("met", "{}"),
                    ("accuracy", "{:.4f}"), ("accuracy_sd", "{:.4f}"), ("same_seed_diff", "{:+.4f}")]
 PROFILE_COLUMNS = [("primitive", "{}"), ("pass", "{}"), ("impl", "{}"), ("problem", "{}"), ("ms_per_step", "{:.3f}"),
                    ("gflops", "{:.1f}")]
@@ -276,6 +321,8 @@ def main(argv=None):
     names = [name for name, _ in tried]
     started = time.perf_counter()
     print("\n".join(machine_lines(flags, cores)))
+    print(f"# TensorFlow's own default on this CPU: oneDNN {'on' if tensorflow_default_onednn() else 'off'} "
+          "(so today's speed is that row's)")
     print(f"# load before: {loadavg()}; {args.repeats} repeats, {args.train_images} images per epoch, "
           f"1 thread on core {core}", flush=True)
     runs, limits = defaultdict(list), defaultdict(list)
@@ -328,7 +375,9 @@ def main(argv=None):
                   f"{ours['img_cpu_s'] / paper['img_cpu_s']:.2f}x")
     print(f"\n# load after: {loadavg()}; {time.perf_counter() - started:.0f} s")
     print("gflops: median over repeats; gflops_spread: min-max; cpu_gflops: the same per CPU-second of the process "
-          "(less disturbed by other load); fraction: of the matmul median (worst_fraction: the slowest repeat; "
+          "(less disturbed by other load); busy: CPU seconds / wall seconds of the timed epoch, min-max (below 1 "
+          "with waited ~0: the core sat idle, a stall); waited: the most any repeat's threads waited for a CPU "
+          "held by other load, per wall second; fraction: of the matmul median (worst_fraction: the slowest repeat; "
           f"target >= {TARGET_FRACTION}); accuracy: mean over the repeats' seeds 0..{args.repeats - 1} (sd: the "
           "seed-to-seed spread); same_seed_diff: mean same-seed accuracy minus the chosen setting's.")
     if args.json:

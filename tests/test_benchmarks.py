@@ -91,6 +91,7 @@ def test_probe_emulates_the_avx2_kind_only_on_an_avx512_cpu():
     avx2 = dict(probe.settings_to_try({"avx2", "fma"}))
     assert "AVX2 emulated, auto" in avx512 and not any(name.startswith("AVX2") for name in avx2)
     assert avx2["oneDNN off (Eigen)"]["TF_ENABLE_ONEDNN_OPTS"] == "0" and "auto (chosen)" in avx2
+    assert avx2["plain fit, auto"]["PROBE_PIPELINE"] == "keras"  # the issue's probe: Keras' own pipeline
 
 
 def test_probe_profile_per_step_and_conv_gflops():
@@ -111,7 +112,7 @@ def test_probe_rows_judge_every_repeat_against_the_limit_and_pair_seeds():
     kernels = {"env": {"TF_ENABLE_ONEDNN_OPTS": "1"}}
 
     def runs(gflops, accuracy):
-        return [{"gflops": g, "cpu_gflops": g, "accuracy": a, "kernel_settings": kernels}
+        return [{"gflops": g, "cpu_gflops": g, "busy": 1.0, "waited": 0.0, "accuracy": a, "kernel_settings": kernels}
                 for g, a in zip(gflops, accuracy)]
 
     measured = {"auto (chosen)": runs([70, 80, 90], [0.97, 0.98, 0.96]),
