@@ -43,6 +43,7 @@ AVX2_BLAS = {"OPENBLAS_CORETYPE": "Haswell"}
 # What the paper's code gets on an AVX2-only CPU: TensorFlow leaves oneDNN off there.
 AVX2_TF_DEFAULT = {"TF_ENABLE_ONEDNN_OPTS": "0", **AVX2_CAP}
 TARGET_FRACTION = 0.6
+PROFILED = ("auto (chosen)", "AVX2 emulated, auto")
 
 
 def settings_to_try(flags):
@@ -340,7 +341,7 @@ def main(argv=None):
         chosen_profiles = {}
         if not args.skip_profile:
             for name, env in tried:
-                if name.endswith("auto") or name.startswith("auto"):
+                if name in PROFILED:
                     chosen_profiles[name] = profile(work, env, args.train_images, core)
         pairs = [("", {}, {})]
         if emulates_avx2(flags):
@@ -354,8 +355,9 @@ def main(argv=None):
     print()
     print(f"\n1-thread training, GFLOP/s ({FLOPS / 1e6:.2f} MFLOP per image, steady epoch, wall time):")
     print(scaling.table(rows, SETTING_COLUMNS))
-    for row in rows:
-        print(f"  {row['setting']}: {row['env']}")
+    for row, (_, env) in zip(rows, tried):
+        pipeline = " (plain fit: Keras' own pipeline)" if env.get("PROBE_PIPELINE") == "keras" else ""
+        print(f"  {row['setting']}: {row['env']}{pipeline}")
     for name, prof in chosen_profiles.items():
         print(f"\nprofile of '{name}' (ONEDNN_VERBOSE=1, {prof['steps']} steps of batch 64; verbose step "
               f"{prof['step_ms']:.2f} ms, of which oneDNN primitives {prof['onednn_ms']:.2f} ms):")
