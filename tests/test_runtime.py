@@ -95,3 +95,17 @@ def test_tensorflow_starts_with_the_chosen_settings_or_the_users():
     theirs, log = tensorflow_process(TF_ENABLE_ONEDNN_OPTS="0")
     assert theirs["env"]["TF_ENABLE_ONEDNN_OPTS"] == "0" and theirs["cpu_tuning"] == "auto"
     assert "oneDNN custom operations are on" not in log and theirs["onednn"] is False
+
+
+def test_the_training_commands_hand_their_cpu_tuning_to_the_runtime(monkeypatch):
+    from mpi_ensemble import cli
+
+    monkeypatch.delenv(runtime.CPU_TUNING_ENV, raising=False)
+    base = ["train_mpi_ranks", "--train-x", "x.npy", "--train-y", "y.npy", "--job-cores", "2", "--seed", "0",
+            "--epochs", "1", "--batch-size", "8", "--validation-split", "0.2", "--out-dir", "out"]
+    args = cli.build_parser().parse_args(base)
+    assert args.cpu_tuning == "auto"  # the default when the workflow passes nothing
+    cli.use_cpu_tuning(cli.build_parser().parse_args([*base, "--cpu-tuning", "tensorflow"]))
+    assert os.environ[runtime.CPU_TUNING_ENV] == "tensorflow"
+    with pytest.raises(SystemExit):  # argparse names the choices
+        cli.build_parser().parse_args([*base, "--cpu-tuning", "off"])
