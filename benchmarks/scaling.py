@@ -121,7 +121,7 @@ class Bench:
         result = json.loads(out.read_text())
         return self.measure(label, n, "all", "fp64-input", result["ranks"], wall, result["ensemble_accuracy"])
 
-    def ours(self, n, rep, precision, threads=None, env=None, label=None):
+    def ours(self, n, rep, precision, threads=None, env=None, label=None, score=True):
         threads = threads or runtime.threads_per_rank(self.cores, n)
         bind = not runtime.is_oversubscribed(n, threads, self.cores)
         out = self.work / f"{label or 'ours'}_n{n}_t{threads}_{precision}_r{rep}".replace(" ", "_")
@@ -132,7 +132,7 @@ class Bench:
                "--validation-split", "0.2", "--precision", precision, "--out-dir", str(out)]
         wall = run_job(cmd, f"{out}.log", env)
         records = [json.loads((out / f"rank{r}.json").read_text()) for r in range(n)]
-        accuracy = self.ensemble_accuracy(out, n) if rep == 0 else None
+        accuracy = self.ensemble_accuracy(out, n) if rep == 0 and score else None
         label = label or ("ours-1t" if threads == 1 and n == 1 and self.cores > 1 else "ours")
         return self.measure(label, n, threads, PRECISION_TAG[precision], records, wall, accuracy)
 
