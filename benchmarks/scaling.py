@@ -78,10 +78,11 @@ def clean_env(**extra):
     return env
 
 
-def run_job(cmd, log):
-    """Run one measured job; its wall time is what a user waits for. A failure stops the benchmark, with the log."""
+def run_job(cmd, log, env=None):
+    """Run one measured job (`env`: extra variables); its wall time is what a user waits for. A failure stops the
+    benchmark, with the log."""
     start = time.perf_counter()
-    out = subprocess.run(cmd, capture_output=True, text=True, env=clean_env())
+    out = subprocess.run(cmd, capture_output=True, text=True, env=clean_env(**(env or {})))
     wall = time.perf_counter() - start
     Path(log).write_text(out.stdout + out.stderr)
     if out.returncode != 0:
@@ -110,29 +111,29 @@ class Bench:
         self.idx_dir, self.arrays = prepare_data(work, args.train_images, args.test_images)
         self.python = sys.executable
 
-    def paper(self, n, rep):
-        out = self.work / f"paper_n{n}_r{rep}.json"
+    def paper(self, n, rep, env=None, label="paper"):
+        out = self.work / f"{label}_n{n}_r{rep}.json".replace(" ", "_")
         cmd = [self.launcher, "-n", str(n), self.python, str(ROOT / "benchmarks" / "paper_rank.py"),
                "--data-dir", str(self.idx_dir), "--epochs", str(self.args.epochs),
                "--batch-size", str(self.args.batch_size), "--max-train-images", str(self.args.train_images),
                "--max-test-images", str(self.args.test_images), "--out", str(out)]
-        wall = run_job(cmd, out.with_suffix(".log"))
+        wall = run_job(cmd, out.with_suffix(".log"), env)
         result = json.loads(out.read_text())
-        return self.measure("paper", n, "all", "fp64-input", result["ranks"], wall, result["ensemble_accuracy"])
+        return self.measure(label, n, "all", "fp64-input", result["ranks"], wall, result["ensemble_accuracy"])
 
-    def ours(self, n, rep, precision, threads=None):
+    def ours(self, n, rep, precision, threads=None, env=None, label=None, score=True):
         threads = threads or runtime.threads_per_rank(self.cores, n)
         bind = not runtime.is_oversubscribed(n, threads, self.cores)
-        out = self.work / f"ours_n{n}_t{threads}_{precision}_r{rep}"
+        out = self.work / f"{label or 'ours'}_n{n}_t{threads}_{precision}_r{rep}".replace(" ", "_")
         cmd = [*runtime.launch_command(self.launcher, self.flavour, n, threads, bind), self.python, "-m", "mpi4py",
                "-m", "mpi_ensemble", "train_mpi_ranks", "--threads", str(threads), "--job-cores", str(self.cores),
                "--seed", "0", "--train-x", str(self.arrays["train_x"]), "--train-y", str(self.arrays["train_y"]),
                "--epochs", str(self.args.epochs), "--batch-size", str(self.args.batch_size),
                "--validation-split", "0.2", "--precision", precision, "--out-dir", str(out)]
-        wall = run_job(cmd, f"{out}.log")
+        wall = run_job(cmd, f"{out}.log", env)
         records = [json.loads((out / f"rank{r}.json").read_text()) for r in range(n)]
-        accuracy = self.ensemble_accuracy(out, n) if rep == 0 else None
-        label = "ours-1t" if threads == 1 and n == 1 and self.cores > 1 else "ours"
+        accuracy = self.ensemble_accuracy(out, n) if rep == 0 and score else None
+        label = label or ("ours-1t" if threads == 1 and n == 1 and self.cores > 1 else "ours")
         return self.measure(label, n, threads, PRECISION_TAG[precision], records, wall, accuracy)
 
     def ensemble_accuracy(self, out, n):

@@ -73,3 +73,54 @@ def test_warmup_is_the_first_epoch_over_a_steady_one():
     assert bench.warmup_seconds([{"fit_seconds": 4.0}]) is None  # the paper's code records no epochs
     rows = bench.median_rows([{**run("paper", 2, "fp64-input", 1.0, 2.0, 3.0), "warmup_s": None}])
     assert rows[0]["warmup_s"] is None
+
+
+# --- the per-core probe ------------------------------------------------------------------------------------------
+
+
+def load_probe():
+    spec = importlib.util.spec_from_file_location("probe_bench", ROOT / "benchmarks" / "probe.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_probe_emulates_the_avx2_kind_only_on_an_avx512_cpu():
+    probe = load_probe()
+    avx512 = [name for name, _ in probe.settings_to_try({"avx2", "fma", "avx512f"})]
+    avx2 = dict(probe.settings_to_try({"avx2", "fma"}))
+    assert "AVX2 emulated, auto" in avx512 and not any(name.startswith("AVX2") for name in avx2)
+    assert avx2["oneDNN off (Eigen)"]["TF_ENABLE_ONEDNN_OPTS"] == "0" and "auto (chosen)" in avx2
+    assert avx2["plain fit, auto"]["PROBE_PIPELINE"] == "keras"  # the issue's probe: Keras' own pipeline
+
+
+def test_probe_profile_per_step_and_conv_gflops():
+    probe = load_probe()
+    line = ("onednn_verbose,v1,primitive,exec,cpu,convolution,jit:avx2,backward_weights,src:f32::blocked:acdb::f0,,"
+            "alg:convolution_direct,mb64_ic32oc64_ih13oh11kh3sh1dh0ph0_iw13ow11kw3sw1dw0pw0,{ms}")
+    predict = line.replace("mb64", "mb1024").format(ms=50.0)  # the test-set predictions: not a training step
+    text = "\n".join([line.format(ms=3.0), line.format(ms=1.0), predict, "onednn_verbose,v1,info,cpu,isa:AVX2"])
+    (row,), steps = probe.profile_lines(text)
+    assert steps == 2 and row["ms_per_step"] == pytest.approx(2.0) and row["pass"] == "backward_weights"
+    flops = 2 * 64 * 32 * 64 * 11 * 11 * 3 * 3
+    assert probe.conv_flops("mb64_ic32oc64_ih13oh11kh3sh1dh0ph0_iw13ow11kw3sw1dw0pw0") == flops
+    assert row["gflops"] == pytest.approx(flops / 2e-3 / 1e9)
+
+
+def test_probe_rows_judge_every_repeat_against_the_limit_and_pair_seeds():
+    probe = load_probe()
+    kernels = {"env": {"TF_ENABLE_ONEDNN_OPTS": "1"}}
+
+    def runs(gflops, accuracy):
+        return [{"gflops": g, "cpu_gflops": g, "busy": 1.0, "waited": 0.0, "accuracy": a, "kernel_settings": kernels}
+                for g, a in zip(gflops, accuracy)]
+
+    measured = {"auto (chosen)": runs([70, 80, 90], [0.97, 0.98, 0.96]),
+                "AVX2 emulated, auto": runs([50, 30, 60], [0.96, 0.98, 0.95])}
+    rows = probe.setting_rows(list(measured), measured, {"native": 100.0, "AVX2 (OpenBLAS Haswell)": 80.0},
+                              "auto (chosen)")
+    auto, avx2 = rows
+    assert auto["met"] == "yes" and auto["worst_fraction"] == pytest.approx(0.7)
+    assert avx2["met"] == "NO" and avx2["fraction"] == pytest.approx(50 / 80)  # one slow repeat fails the target
+    assert avx2["same_seed_diff"] == pytest.approx(-0.02 / 3) and auto["same_seed_diff"] == 0
+    assert auto["accuracy_sd"] == pytest.approx(0.01)

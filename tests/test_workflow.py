@@ -80,6 +80,8 @@ def test_models_and_rank_records(smoke_run):
             assert record["thread_settings"]["env"]["TF_NUM_INTRAOP_THREADS"] == str(2 // n)
             assert len(record["thread_settings"]["affinity"]) == 2 // n  # bound by mpiexec
             assert record["mpi_library"].startswith("MPICH") and "avx2" in record["isa_flags"]
+            kernels = record["kernel_settings"]  # chosen from this CPU's flags before TensorFlow started
+            assert kernels["cpu_tuning"] == "auto" and kernels["env"]["TF_ENABLE_ONEDNN_OPTS"] == "1"
             assert record["peak_rss_mib"] > 100 and record["versions"]["keras"].startswith("3.")
             assert record["precision"] == "float32" and 0 < record["fit_cpu_seconds"] < record["cpu_seconds"]
             assert len(record["weights_sha256"]) == 64
@@ -131,6 +133,7 @@ def test_figures_and_provenance(smoke_run):
         assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 20_000
     prov = json.loads((smoke_run / "results" / "provenance.json").read_text())
     assert prov["cpu_model"] and prov["versions"]["tensorflow-cpu"] and prov["mpi_library"] and prov["isa_flags"]
+    assert prov["kernel_settings"]["cpu_kind"] in ("avx2", "avx512") and prov["kernel_settings"]["cpu_tuning"] == "auto"
 
 
 @pytest.mark.workflow

@@ -7,9 +7,10 @@ summarize, plots), which writes its outputs atomically.
 """
 
 import argparse
+import os
 import sys
 
-from . import data
+from . import data, runtime
 
 ARRAYS = ("train_x", "train_y", "test_x", "test_y")
 
@@ -18,6 +19,11 @@ def settings_of(args):
     """The training settings every trainer records (and a resumed or compared run must match)."""
     return {"epochs": args.epochs, "batch_size": args.batch_size, "validation_split": args.validation_split,
             "precision": args.precision}
+
+
+def use_cpu_tuning(args):
+    """Hand --cpu-tuning to runtime.import_keras, which applies it before TensorFlow starts."""
+    os.environ[runtime.CPU_TUNING_ENV] = args.cpu_tuning
 
 
 def arrays_of(args):
@@ -38,6 +44,7 @@ def preprocess(args):
 def train_sequential(args):
     from . import training
 
+    use_cpu_tuning(args)
     print(training.train_sequential(arrays_of(args), args.model, args.result, args.threads, args.seed,
                                     settings_of(args), args.job_cores))
 
@@ -45,6 +52,7 @@ def train_sequential(args):
 def train_mpi_ranks(args):
     from . import training
 
+    use_cpu_tuning(args)
     training.train_mpi_ranks(arrays_of(args), args.out_dir, args.threads, args.seed, settings_of(args),
                              args.job_cores)
 
@@ -52,6 +60,7 @@ def train_mpi_ranks(args):
 def train_data_parallel(args):
     from . import training
 
+    use_cpu_tuning(args)
     training.train_data_parallel(arrays_of(args), args.out_dir, args.threads, args.seed,
                                  {**settings_of(args), "batch_semantics": "global batch split across ranks"},
                                  args.job_cores)
@@ -119,6 +128,8 @@ def training_args(parser):
     parser.add_argument("--validation-split", type=float, required=True)
     parser.add_argument("--precision", default="float32", choices=("float32", "mixed_bfloat16"),
                         help="Keras dtype policy; mixed_bfloat16 needs a CPU with native bfloat16")
+    parser.add_argument("--cpu-tuning", default="auto", choices=runtime.CPU_TUNINGS,
+                        help="auto: kernel settings chosen from the CPU's flags; tensorflow: TensorFlow's defaults")
 
 
 def required(parser, *names, **kwargs):

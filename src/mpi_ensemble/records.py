@@ -1,6 +1,6 @@
 """The two record formats, each with one builder: what one training process measured (`rank_record`), and one
 method's result (`result_record`), which every method writes and the summary reads. Both carry what produced the
-numbers: versions, CPU, threads, binding, host, scheduler."""
+numbers: versions, CPU, threads, binding, the kernel settings, host, scheduler."""
 
 import os
 import platform
@@ -105,6 +105,7 @@ def rank_record(method, rank, ranks, seed, settings, threads, job_cores, started
         "peak_rss_mib": peak_rss_mib(),
         "cpu_seconds": cpu_seconds(),
         "thread_settings": runtime.thread_settings(threads),
+        "kernel_settings": runtime.kernel_settings(),
         **host_facts(),
         **extra,
     }
@@ -135,6 +136,7 @@ def result_record(method, members, metrics, ties=0, member_accuracy=None, **extr
             for m in members
         ],
         "thread_settings": first["thread_settings"],
+        "kernel_settings": first.get("kernel_settings"),
         **{k: first[k] for k in HOST_KEYS},
         "mpi_library": first.get("mpi_library"),
         **extra,

@@ -5,10 +5,26 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 
 PRECISIONS = ("float32", "mixed_bfloat16")
 BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 THREAD_ENV = ("OMP_NUM_THREADS", "TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS")
+CPU_TUNINGS = ("auto", "tensorflow")
+# How the workflow's `cpu_tuning` reaches every training process (the CLI sets it; mpiexec and srun pass it on).
+CPU_TUNING_ENV = "MPI_ENSEMBLE_CPU_TUNING"
+# TensorFlow turns oneDNN on by itself only on CPUs with AVX512_VNNI, AVX512_BF16 or AMX; on an AVX2-only CPU
+# (AMD Zen 2/3, Intel before Ice Lake) it runs its generic Eigen kernels, compiled for AVX without FMA, at half
+# the speed of oneDNN's AVX2 kernels. Measured in docs/performance.md.
+CPU_KIND_SETTINGS = {
+    "avx512": {"TF_ENABLE_ONEDNN_OPTS": "1"},
+    "avx2": {"TF_ENABLE_ONEDNN_OPTS": "1"},
+    "other": {},
+}
+# Every variable that decides which kernels run, recorded with each result whoever set it.
+KERNEL_ENV = ("TF_ENABLE_ONEDNN_OPTS", "ONEDNN_MAX_CPU_ISA", "ONEDNN_PRIMITIVE_CACHE_CAPACITY",
+              "TF_MKL_OPTIMIZE_PRIMITIVE_MEMUSE", "TF_CPU_ALLOCATOR_USE_BFC", "ONEDNN_DEFAULT_FPMATH_MODE",
+              "MALLOC_ARENA_MAX", "LD_PRELOAD", CPU_TUNING_ENV)
 INSTALL_HINT = (
     "Install an MPI launcher: `make venv` puts MPICH's mpiexec into .venv/bin (pip package `mpich`), "
     "or load your site's MPI module and rebuild mpi4py against it."
@@ -25,6 +41,61 @@ def cpu_flags(cpuinfo="/proc/cpuinfo"):
     except OSError:
         pass
     return set()
+
+
+def cpu_kind(flags):
+    """'avx512' (AVX-512 foundation), 'avx2' (AVX2 with FMA, no AVX-512) or 'other', from the CPU's flags."""
+    if "avx512f" in flags:
+        return "avx512"
+    if {"avx2", "fma"} <= set(flags):
+        return "avx2"
+    return "other"
+
+
+def cpu_settings(flags, tuning="auto"):
+    """The environment that selects the fastest kernels for this CPU, to be set before TensorFlow is imported:
+    `auto` chooses by the CPU's flags, `tensorflow` sets nothing (TensorFlow's own defaults)."""
+    if tuning not in CPU_TUNINGS:
+        raise ValueError(f"cpu_tuning must be one of {', '.join(CPU_TUNINGS)}, not {tuning!r}")
+    if tuning == "tensorflow":
+        return {}
+    return dict(CPU_KIND_SETTINGS[cpu_kind(flags)])
+
+
+def apply_cpu_settings(tuning=None, flags=None, environ=None):
+    """Set `cpu_settings` in the environment, leaving any variable the user set alone (theirs wins); `tuning`
+    None reads MPI_ENSEMBLE_CPU_TUNING (default auto). Returns what was set."""
+    environ = os.environ if environ is None else environ
+    tuning = tuning or environ.get(CPU_TUNING_ENV) or "auto"
+    chosen = cpu_settings(cpu_flags() if flags is None else flags, tuning)
+    applied = {key: value for key, value in chosen.items() if key not in environ}
+    environ.update(applied)
+    environ[CPU_TUNING_ENV] = tuning
+    return applied
+
+
+def kernel_settings(flags=None, environ=None):
+    """What decided the kernels of this process: the CPU kind, every kernel variable in force, and whether
+    TensorFlow runs oneDNN's kernels (its own answer; None before TensorFlow is imported)."""
+    environ = os.environ if environ is None else environ
+    return {
+        "cpu_kind": cpu_kind(cpu_flags() if flags is None else flags),
+        "cpu_tuning": environ.get(CPU_TUNING_ENV, "auto"),
+        "env": {key: environ[key] for key in KERNEL_ENV if key in environ},
+        "onednn": onednn_enabled(),
+    }
+
+
+def onednn_enabled():
+    """TensorFlow's own verdict on oneDNN in this process, if TensorFlow is running (the variable alone does not
+    prove it: a launcher may not pass the environment on)."""
+    if "tensorflow" not in sys.modules:
+        return None
+    try:
+        from tensorflow.python.util import _pywrap_util_port
+    except ImportError:  # a TensorFlow without the private hook: unknown rather than wrong
+        return None
+    return bool(_pywrap_util_port.IsMklEnabled())
 
 
 def check_precision(precision, flags):
@@ -49,6 +120,7 @@ def import_keras(threads, precision="float32"):
     """Import Keras with the thread pools already pinned (they cannot change later) and the precision policy set."""
     check_precision(precision, cpu_flags() if precision != "float32" else set())
     apply_threads(threads)
+    apply_cpu_settings()
     backend = keras_backend()
     if backend == "tensorflow":
         import tensorflow as tf

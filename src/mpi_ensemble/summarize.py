@@ -224,6 +224,7 @@ def provenance(results, summary, workflow_cores):
         **{k: first[k] for k in records.HOST_KEYS if k != "scheduler"},
         "mpi_library": next((r["mpi_library"] for r, _ in results if r.get("mpi_library")), None),
         "thread_env": first["thread_settings"]["env"],
+        "kernel_settings": first.get("kernel_settings"),
         "workflow_cores": workflow_cores,
         "git_commit": records.git_commit(),
         "threads": {f"{r.method} ranks={r.ranks} seed={r.seed}": str(r.threads) for r in summary.itertuples()},

@@ -131,7 +131,8 @@ def subset_args():
 
 TRAINING_ARGS = (
     f"--epochs {config['epochs']} --batch-size {config['batch_size']} "
-    f"--validation-split {config['validation_split']} --precision {config['precision']}"
+    f"--validation-split {config['validation_split']} --precision {config['precision']} "
+    f"--cpu-tuning {config['cpu_tuning']}"
 )
 
 
