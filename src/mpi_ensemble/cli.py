@@ -39,14 +39,14 @@ def train_sequential(args):
     from . import training
 
     print(training.train_sequential(arrays_of(args), args.model, args.result, args.threads, args.seed,
-                                    settings_of(args), args.job_cores))
+                                    settings_of(args), args.job_cores, args.history, args.checkpoint_dir))
 
 
 def train_mpi_ranks(args):
     from . import training
 
     training.train_mpi_ranks(arrays_of(args), args.out_dir, args.threads, args.seed, settings_of(args),
-                             args.job_cores)
+                             args.job_cores, args.checkpoint_dir)
 
 
 def train_data_parallel(args):
@@ -54,7 +54,7 @@ def train_data_parallel(args):
 
     training.train_data_parallel(arrays_of(args), args.out_dir, args.threads, args.seed,
                                  {**settings_of(args), "batch_semantics": "global batch split across ranks"},
-                                 args.job_cores)
+                                 args.job_cores, args.checkpoint_dir)
 
 
 def ensemble(args):
@@ -119,6 +119,8 @@ def training_args(parser):
     parser.add_argument("--validation-split", type=float, required=True)
     parser.add_argument("--precision", default="float32", choices=("float32", "mixed_bfloat16"),
                         help="Keras dtype policy; mixed_bfloat16 needs a CPU with native bfloat16")
+    parser.add_argument("--checkpoint-dir", help="keep a checkpoint per rank and epoch here, resume from it, and "
+                        "delete it once the job succeeded (none: no checkpoints)")
 
 
 def required(parser, *names, **kwargs):
@@ -147,6 +149,7 @@ def training_commands(sub):
     p = sub.add_parser("train_sequential", help="one model on the whole training set, scored on the test set")
     training_args(p)
     required(p, "test-x", "test-y", "model", "result")
+    p.add_argument("--history", help="history.csv: one line per epoch")
     p.set_defaults(func=train_sequential)
 
     p = sub.add_parser("train_mpi_ranks", help="one MPI rank of the ensemble (under mpiexec ... -m mpi4py -m ...)")
