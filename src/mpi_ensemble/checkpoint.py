@@ -133,10 +133,13 @@ class Store:
         return None
 
     def remove(self):
-        """Delete this process's checkpoints (the job succeeded), and the job's folders left empty."""
+        """Delete this process's checkpoints (the job succeeded), and the folders above it left empty: the job's
+        once every rank's is gone, and those up to the nearest `checkpoints` folder (results/checkpoints/)."""
         shutil.rmtree(self.folder, ignore_errors=True)
-        parent = self.folder.parent
-        try:
-            parent.rmdir()  # only once every rank's folder is gone
-        except OSError:
-            pass
+        parents = list(self.folder.parents)
+        top = next((i for i, p in enumerate(parents) if p.name == "checkpoints"), 0)
+        for parent in parents[:top + 1]:
+            try:
+                parent.rmdir()  # refused while another rank's folder (or anything else) is still inside
+            except OSError:
+                break

@@ -91,7 +91,8 @@ def figures(args):
     from . import plots
 
     outputs = {key: getattr(args, key) for key in plots.FIGURES if getattr(args, key)}
-    plots.figures(args.stats, args.rank_times, args.paper, outputs)
+    histories = [item.split("=", 1) for item in args.histories or []]
+    plots.figures(args.stats, args.rank_times, args.paper, outputs, histories)
 
 
 def tables(args):
@@ -190,8 +191,10 @@ def summarize_commands(sub):
 
     p = sub.add_parser("figures", help="the figures, from the summarize tables")
     required(p, "stats", "rank-times", "paper")
-    for key in ("fig_sequential", "fig_scaling", "fig_speedup", "fig_rank_times", "fig_methods", "fig_voting"):
+    for key in ("fig_sequential", "fig_scaling", "fig_speedup", "fig_rank_times", "fig_methods", "fig_voting",
+                "fig_training_curves"):
         p.add_argument(f"--{key.replace('_', '-')}")
+    p.add_argument("--histories", nargs="+", help="LABEL=history.csv per model (an ensemble's ranks share a label)")
     p.set_defaults(func=figures)
 
     p = sub.add_parser("tables", help="the summary and provenance as HTML pages")
