@@ -3,13 +3,15 @@ blocks and its gradient, and the rank record."""
 
 import json
 import os
+import signal
 import subprocess
+import textwrap
 
 import numpy as np
 import pytest
 
 from conftest import BIN, ROOT
-from mpi_ensemble import allreduce, model, records, runtime, training
+from mpi_ensemble import allreduce, checkpoint, model, records, runtime, training
 
 # --- the model ------------------------------------------------------------------------------------------------
 
@@ -221,3 +223,128 @@ def test_allreduced_gradient_is_the_global_batch_gradient(tmp_path):
     wrong = gradient_check(2, tmp_path, "--local-scale")
     assert wrong["norm_ratio"] == pytest.approx(2.0, rel=1e-4)
     assert wrong["max_abs_difference"] > 1e-5 * wrong["max_abs_gradient"]
+
+
+# --- checkpoints, progress and history ------------------------------------------------------------------------
+
+FINGERPRINT = {"method": "sequential", "epochs": 5, "batch_size": 32, "shard": [0, 600], "data_sha256": "ab"}
+
+
+def saved_state(epoch):
+    weights = [np.full((2, 3), epoch, dtype=np.float32), np.arange(4, dtype=np.float32)]
+    return checkpoint.State(epoch, weights, [np.int64(epoch * 10), np.ones(3, dtype=np.float32)],
+                            [{"epoch": e + 1, "loss": 1.0 / (e + 1)} for e in range(epoch)])
+
+
+def test_checkpoint_round_trip_keeps_only_the_latest_epoch(tmp_path):
+    store = checkpoint.Store(tmp_path / "rank0", FINGERPRINT, log=lambda text: None)
+    assert store.load() is None
+    store.save(saved_state(1))
+    store.save(saved_state(2))
+    assert [p.name for p in store.epochs()] == ["epoch2"]
+    state = store.load()
+    assert state.epoch == 2 and [row["epoch"] for row in state.history] == [1, 2]
+    for got, want in zip(state.weights + state.optimizer, saved_state(2).weights + saved_state(2).optimizer):
+        np.testing.assert_array_equal(got, want)
+    store.remove()
+    assert not (tmp_path / "rank0").exists()
+
+
+def test_damaged_checkpoint_is_discarded_never_trusted(tmp_path):
+    messages = []
+    store = checkpoint.Store(tmp_path / "rank0", FINGERPRINT, log=messages.append)
+    path = store.save(saved_state(2))
+    blob = bytearray((path / checkpoint.STATE).read_bytes())
+    blob[len(blob) // 2] ^= 1  # one bit of one weight
+    (path / checkpoint.STATE).write_bytes(bytes(blob))
+    assert store.load() is None
+    assert "discarded: damaged (state.npz has SHA-256" in messages[-1] and str(path) in messages[-1]
+    assert not path.exists()
+    path = store.save(saved_state(3))
+    (path / checkpoint.MANIFEST).write_text('{"epoch": 3, "state_sha')  # cut short
+    assert store.load() is None and "discarded: damaged (unreadable" in messages[-1]
+
+
+def test_checkpoint_from_other_settings_is_discarded_naming_the_difference(tmp_path):
+    messages = []
+    checkpoint.Store(tmp_path / "rank0", {**FINGERPRINT, "epochs": 3}, log=messages.append).save(saved_state(2))
+    store = checkpoint.Store(tmp_path / "rank0", FINGERPRINT, log=messages.append)
+    assert store.load() is None
+    assert messages == [f"checkpoint {tmp_path / 'rank0' / 'epoch2'} discarded: made with other settings "
+                        "(epochs: checkpoint 3, this job 5)"]
+    assert checkpoint.differences({**FINGERPRINT, "shard": [0, 300], "data_sha256": "cd"}, FINGERPRINT) == [
+        "data_sha256: checkpoint 'cd', this job 'ab'", "shard: checkpoint [0, 300], this job [0, 600]"]
+
+
+def test_a_writer_killed_mid_checkpoint_leaves_the_previous_epoch(tmp_path):
+    """SIGTERM (what SLURM sends before the kill) to a process halfway through writing epoch 2: epoch 1 stays
+    whole and loads; the half-written temporary is cleared away by the next load."""
+    writer = textwrap.dedent(f"""
+        import sys, time
+        import numpy as np
+        from mpi_ensemble import atomic, checkpoint
+        store = checkpoint.Store({str(tmp_path / 'rank0')!r}, {FINGERPRINT!r})
+        weights = [np.ones((2, 3), dtype=np.float32)]
+        store.save(checkpoint.State(1, weights, [np.int64(10)], []))
+        def stall(path, obj):  # state.npz written, the manifest never is
+            print("half written", flush=True)
+            time.sleep(600)
+        atomic.write_json = stall
+        store.save(checkpoint.State(2, weights, [np.int64(20)], []))
+    """)
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    proc = subprocess.Popen([str(BIN / "python"), "-c", writer], stdout=subprocess.PIPE, text=True, env=env)
+    assert proc.stdout.readline().strip() == "half written"
+    assert [p.name for p in (tmp_path / "rank0").iterdir() if p.name.startswith(".epoch2.tmp")]  # really mid-write
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=30) == -signal.SIGTERM
+    state = checkpoint.Store(tmp_path / "rank0", FINGERPRINT, log=lambda text: None).load()
+    assert state.epoch == 1 and int(state.optimizer[0]) == 10
+    assert sorted(p.name for p in (tmp_path / "rank0").iterdir()) == ["epoch1"]
+
+
+def test_resumed_fit_ends_with_the_same_weights_bit_for_bit(tmp_path):
+    """Stopped after epoch 2 of 4 (an exception from a callback, as a kill would), resumed from the checkpoint:
+    the final weights equal an uninterrupted fit's. A resume that restored the weights but not Adam's moments and
+    iteration count would differ."""
+    import keras
+
+    x = np.random.default_rng(1).random((60, 28, 28, 1), dtype=np.float32)
+    y = np.arange(60, dtype=np.int64) % 10
+    settings = {"epochs": 4, "batch_size": 16, "validation_split": 0.25, "precision": "float32"}
+    full, _ = training.fit(keras, x, y, seed=0, settings=settings)
+
+    class Stop(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            if epoch == 2:
+                raise KeyboardInterrupt
+
+    store = checkpoint.Store(tmp_path / "rank0", FINGERPRINT, log=lambda text: None)
+    with pytest.raises(KeyboardInterrupt):
+        training.fit(keras, x, y, seed=0, settings=settings, callbacks=[Stop()], store=store)
+    assert [p.name for p in store.epochs()] == ["epoch2"]
+    resumed, facts = training.fit(keras, x, y, seed=0, settings=settings, store=store)
+    assert facts["resumed_from_epoch"] == 2 and len(facts["epoch_seconds"]) == 2
+    assert [row["from_checkpoint"] for row in facts["history_rows"]] == [True, True, False, False]
+    assert training.weights_sha256(resumed.get_weights()) == training.weights_sha256(full.get_weights())
+    assert int(resumed.optimizer.iterations.numpy()) == int(full.optimizer.iterations.numpy()) == 4 * 3
+
+    fresh = checkpoint.Store(tmp_path / "other", FINGERPRINT, log=lambda text: None)
+    with pytest.raises(KeyboardInterrupt):
+        training.fit(keras, x, y, seed=0, settings=settings, callbacks=[Stop()], store=fresh)
+    state = fresh.load()
+    state.optimizer = [np.zeros_like(v) for v in state.optimizer]  # weights kept, Adam's state lost
+    fresh.save(state)
+    wrong, _ = training.fit(keras, x, y, seed=0, settings=settings, store=fresh)
+    assert training.weights_sha256(wrong.get_weights()) != training.weights_sha256(full.get_weights())
+
+
+def test_progress_line_and_history_csv():
+    row = training.epoch_row(1, 2, 5, {"loss": 0.25, "accuracy": 0.9, "val_loss": 0.3, "val_accuracy": 0.875},
+                             2.0, 4800)
+    assert training.progress_line("ensemble_member rank 1/2", row) == (
+        "ensemble_member rank 1/2 epoch 3/5: loss 0.2500 accuracy 0.9000 val_loss 0.3000 val_accuracy 0.8750, "
+        "2.00 s, 2400 images/s")
+    text = training.history_csv([{**row, "from_checkpoint": True}, row])
+    assert text.splitlines() == [",".join(training.HISTORY_COLUMNS), "1,3,5,0.25,0.9,0.3,0.875,2,2400,True",
+                                 "1,3,5,0.25,0.9,0.3,0.875,2,2400,False"]

@@ -177,7 +177,7 @@ def train(keras, comm, x, y, seed, settings, store=None, label="data_parallel"):
     cut = data.validation_split_index(len(x), settings["validation_split"])
     perturb = faults.divergence(rank)
     epochs = settings["epochs"]
-    local_images, epoch_seconds, checkpoint_seconds = 0, [], 0.0
+    epoch_seconds, checkpoint_seconds = [], 0.0
     comm.Barrier()
     start, cpu_start = time.perf_counter(), records.cpu_seconds()
     for epoch in range(start_epoch, epochs):
@@ -192,14 +192,13 @@ def train(keras, comm, x, y, seed, settings, store=None, label="data_parallel"):
         if len(x) > cut:
             logs["val_loss"], logs["val_accuracy"] = validate(trainer, comm, x, y, cut)
         epoch_seconds.append(time.perf_counter() - epoch_start)
-        local_images += images
         rows.append(training.epoch_row(rank, epoch, epochs, logs, epoch_seconds[-1], images))
         print(training.progress_line(label, rows[-1]), flush=True)
         if store:
             saved = time.perf_counter()
             store.save(checkpoint.State(epoch + 1, net.get_weights(), training.optimizer_state(net), rows))
             checkpoint_seconds += time.perf_counter() - saved
-    trained = epochs - start_epoch
+    batches = epoch_batches(cut, settings["batch_size"], seed, 0)
     facts = {
         # Checkpoint writes (rank 0's, between epochs) are timed apart, as in training.fit.
         "fit_seconds": time.perf_counter() - start - checkpoint_seconds,
@@ -208,11 +207,11 @@ def train(keras, comm, x, y, seed, settings, store=None, label="data_parallel"):
         "checkpoint_seconds": checkpoint_seconds,
         "resumed_from_epoch": start_epoch,
         # The images this rank computed gradients for, per epoch (its parts of the global batches).
-        "train_images": sum(len(local_part(b, size, rank)) for b in epoch_batches(cut, settings["batch_size"], seed, 0)),
+        "train_images": sum(len(local_part(b, size, rank)) for b in batches),
         "global_train_images": cut,
         "validation_images": len(x) - cut,
         "history": training.history_of(rows),
         "history_rows": rows,
-        "steps_per_epoch": len(epoch_batches(cut, settings["batch_size"], seed, 0)),
+        "steps_per_epoch": len(batches),
     }
     return net, facts
