@@ -348,3 +348,16 @@ def test_progress_line_and_history_csv():
     text = training.history_csv([{**row, "from_checkpoint": True}, row])
     assert text.splitlines() == [",".join(training.HISTORY_COLUMNS), "1,3,5,0.25,0.9,0.3,0.875,2,2400,True",
                                  "1,3,5,0.25,0.9,0.3,0.875,2,2400,False"]
+
+
+def test_stale_mpich_segments_are_those_no_process_maps(tmp_path):
+    """What a requeued SLURM job must not attach to: segments its killed ranks left. One that a live process maps
+    (here, this one) is in use and stays; other files are not MPICH's."""
+    import mmap
+
+    for name in ("mpich_shm_2a_0", "mpich_vci_2a_0", "mpich_shm_3b_0", "other_file"):
+        (tmp_path / name).write_bytes(b"\0" * 4096)
+    with open(tmp_path / "mpich_shm_3b_0", "r+b") as handle, mmap.mmap(handle.fileno(), 4096):
+        assert [p.name for p in runtime.stale_mpich_segments(tmp_path)] == ["mpich_shm_2a_0", "mpich_vci_2a_0"]
+        assert [p.name for p in runtime.remove_stale_mpich_segments(tmp_path)] == ["mpich_shm_2a_0", "mpich_vci_2a_0"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mpich_shm_3b_0", "other_file"]

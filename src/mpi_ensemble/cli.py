@@ -57,6 +57,13 @@ def train_data_parallel(args):
                                  args.job_cores, args.checkpoint_dir)
 
 
+def clean_shm(args):
+    from . import runtime
+
+    for path in runtime.remove_stale_mpich_segments(args.shm_dir):
+        print(f"removed {path}: an MPICH shared-memory segment no process uses (left by killed ranks)")
+
+
 def ensemble(args):
     from . import combine
 
@@ -157,6 +164,10 @@ def training_commands(sub):
     training_args(p)
     required(p, "out-dir")
     p.set_defaults(func=train_mpi_ranks)
+
+    p = sub.add_parser("clean_shm", help="remove MPICH shared-memory segments that killed ranks left (before a launch)")
+    p.add_argument("--shm-dir", default="/dev/shm")
+    p.set_defaults(func=clean_shm)
 
     p = sub.add_parser("train_data_parallel", help="one MPI rank of synchronous data-parallel training")
     training_args(p)

@@ -32,7 +32,8 @@ rule train_sequential:
 
 
 # Every training job saves a checkpoint per rank after each epoch under results/checkpoints/ (checkpoint_dir)
-# and a rerun resumes from it; each rank prints one progress line per epoch to the job's log.
+# and a rerun resumes from it; each rank prints one progress line per epoch to the job's log. MPI jobs first
+# remove the MPICH shared-memory segments killed ranks left: a requeued SLURM job would attach to its own.
 
 # One rule per world size N: each rank writes its own model, history and rank record, so the outputs are listed
 # exactly and a lost or damaged model file reruns just the job that made it.
@@ -75,10 +76,11 @@ for n in RANKS:
             training=TRAINING_ARGS,
             checkpoints=checkpoint_dir,
         shell:
+            "{{ python -m mpi_ensemble clean_shm && "
             "{params.launch} python -m mpi4py -m mpi_ensemble train_mpi_ranks "
             "--threads {resources.cpus_per_task} --job-cores {threads} --seed {wildcards.seed} "
             "--train-x {input.train_x} --train-y {input.train_y} {params.training} "
-            "--out-dir {params.out_dir} --checkpoint-dir {params.checkpoints} > {log} 2>&1"
+            "--out-dir {params.out_dir} --checkpoint-dir {params.checkpoints}; }} > {log} 2>&1"
 
 
 # The same per world size for synchronous data-parallel training (one model, gradients allreduced every step).
@@ -115,8 +117,9 @@ for n in CONTROL_RANKS:
             training=TRAINING_ARGS,
             checkpoints=checkpoint_dir,
         shell:
+            "{{ python -m mpi_ensemble clean_shm && "
             "{params.launch} python -m mpi4py -m mpi_ensemble train_data_parallel "
             "--threads {resources.cpus_per_task} --job-cores {threads} --seed {wildcards.seed} "
             "--train-x {input.train_x} --train-y {input.train_y} --test-x {input.test_x} "
             "--test-y {input.test_y} {params.training} --out-dir {params.out_dir} "
-            "--checkpoint-dir {params.checkpoints} > {log} 2>&1"
+            "--checkpoint-dir {params.checkpoints}; }} > {log} 2>&1"
