@@ -47,8 +47,9 @@ def command(kind, arrays, out, checkpoints, args):
               str(args.batch_size), "--validation-split", "0.2", "--checkpoint-dir", str(checkpoints),
               *(f"--{k.replace('_', '-')}={v}" for k, v in arrays.items())]
     if kind == "sequential":
-        return [str(BIN / "python"), *common, "--threads", "1", "--job-cores", "1", "--model", str(out / "model.keras"),
-                "--result", str(out / "result.json"), "--history", str(out / "history.csv")]
+        return [str(BIN / "python"), *common, "--threads", "1", "--job-cores", "1",
+                "--model", str(out / "model.keras"), "--result", str(out / "result.json"),
+                "--history", str(out / "history.csv")]
     return [str(BIN / "mpiexec"), "-n", str(args.ranks), "-bind-to", "core:1", str(BIN / "python"), "-m", "mpi4py",
             *common, "--threads", "1", "--job-cores", str(args.ranks), "--out-dir", str(out)]
 
@@ -83,7 +84,8 @@ def measure(kind, arrays, work, args):
     checkpoints, full_out, cut_out = work / "checkpoints" / kind, work / kind / "full", work / kind / "cut"
     full_wall = run(command(kind, arrays, full_out, checkpoints, args))
     hold = work / f"hold-{kind}"
-    env = {faults.HOLD_ENV: str(ranks - 1), faults.HOLD_FILE_ENV: str(hold), faults.HOLD_EPOCH_ENV: str(args.kill_epoch)}
+    env = {faults.HOLD_ENV: str(ranks - 1), faults.HOLD_FILE_ENV: str(hold),
+           faults.HOLD_EPOCH_ENV: str(args.kill_epoch)}
     run(command(kind, arrays, cut_out, checkpoints, args), env=env, hold=hold, rank=ranks - 1)
     rerun_wall = run(command(kind, arrays, cut_out, checkpoints, args))
     full, rerun = records_of(kind, full_out, ranks), records_of(kind, cut_out, ranks)

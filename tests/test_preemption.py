@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 from conftest import BIN, project_copy, snakemake
 from test_cluster import PROFILE, cluster, cluster_available  # noqa: F401  (the cluster fixtures, as they are)
+from test_faults import wait_for
 
 from mpi_ensemble import faults
 
@@ -25,14 +26,6 @@ CONFIG = ["max_train_images=600", "max_test_images=100", "epochs=5", "batch_size
           "baseline_threads=[1]"]
 RECORDS = [f"results/models/ranks2/seed0/rank{r}.json" for r in range(2)]
 CHECKPOINTS = Path("results/checkpoints/models/ranks2/seed0")
-
-
-def wait_for(condition, timeout, what):
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.2)
 
 
 def alive(pid):

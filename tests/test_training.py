@@ -239,8 +239,8 @@ def saved_state(epoch):
 def test_checkpoint_round_trip_keeps_only_the_latest_epoch(tmp_path):
     store = checkpoint.Store(tmp_path / "rank0", FINGERPRINT, log=lambda text: None)
     assert store.load() is None
-    store.save(saved_state(1))
-    store.save(saved_state(2))
+    store.put(saved_state(1))
+    store.put(saved_state(2))
     assert [p.name for p in store.epochs()] == ["epoch2"]
     state = store.load()
     assert state.epoch == 2 and [row["epoch"] for row in state.history] == [1, 2]
@@ -253,21 +253,21 @@ def test_checkpoint_round_trip_keeps_only_the_latest_epoch(tmp_path):
 def test_damaged_checkpoint_is_discarded_never_trusted(tmp_path):
     messages = []
     store = checkpoint.Store(tmp_path / "rank0", FINGERPRINT, log=messages.append)
-    path = store.save(saved_state(2))
+    path = store.put(saved_state(2))
     blob = bytearray((path / checkpoint.STATE).read_bytes())
     blob[len(blob) // 2] ^= 1  # one bit of one weight
     (path / checkpoint.STATE).write_bytes(bytes(blob))
     assert store.load() is None
     assert "discarded: damaged (state.npz has SHA-256" in messages[-1] and str(path) in messages[-1]
     assert not path.exists()
-    path = store.save(saved_state(3))
+    path = store.put(saved_state(3))
     (path / checkpoint.MANIFEST).write_text('{"epoch": 3, "state_sha')  # cut short
     assert store.load() is None and "discarded: damaged (unreadable" in messages[-1]
 
 
 def test_checkpoint_from_other_settings_is_discarded_naming_the_difference(tmp_path):
     messages = []
-    checkpoint.Store(tmp_path / "rank0", {**FINGERPRINT, "epochs": 3}, log=messages.append).save(saved_state(2))
+    checkpoint.Store(tmp_path / "rank0", {**FINGERPRINT, "epochs": 3}, log=messages.append).put(saved_state(2))
     store = checkpoint.Store(tmp_path / "rank0", FINGERPRINT, log=messages.append)
     assert store.load() is None
     assert messages == [f"checkpoint {tmp_path / 'rank0' / 'epoch2'} discarded: made with other settings "
@@ -285,12 +285,12 @@ def test_a_writer_killed_mid_checkpoint_leaves_the_previous_epoch(tmp_path):
         from mpi_ensemble import atomic, checkpoint
         store = checkpoint.Store({str(tmp_path / 'rank0')!r}, {FINGERPRINT!r})
         weights = [np.ones((2, 3), dtype=np.float32)]
-        store.save(checkpoint.State(1, weights, [np.int64(10)], []))
+        store.put(checkpoint.State(1, weights, [np.int64(10)], []))
         def stall(path, obj):  # state.npz written, the manifest never is
             print("half written", flush=True)
             time.sleep(600)
         atomic.write_json = stall
-        store.save(checkpoint.State(2, weights, [np.int64(20)], []))
+        store.put(checkpoint.State(2, weights, [np.int64(20)], []))
     """)
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
     proc = subprocess.Popen([str(BIN / "python"), "-c", writer], stdout=subprocess.PIPE, text=True, env=env)
@@ -334,7 +334,7 @@ def test_resumed_fit_ends_with_the_same_weights_bit_for_bit(tmp_path):
         training.fit(keras, x, y, seed=0, settings=settings, callbacks=[Stop()], store=fresh)
     state = fresh.load()
     state.optimizer = [np.zeros_like(v) for v in state.optimizer]  # weights kept, Adam's state lost
-    fresh.save(state)
+    fresh.put(state)
     wrong, _ = training.fit(keras, x, y, seed=0, settings=settings, store=fresh)
     assert training.weights_sha256(wrong.get_weights()) != training.weights_sha256(full.get_weights())
 

@@ -196,7 +196,7 @@ def train(keras, comm, x, y, seed, settings, store=None, label="data_parallel"):
         print(training.progress_line(label, rows[-1]), flush=True)
         if store:
             saved = time.perf_counter()
-            store.save(checkpoint.State(epoch + 1, net.get_weights(), training.optimizer_state(net), rows))
+            store.put(checkpoint.State(epoch + 1, net.get_weights(), training.optimizer_state(net), rows))
             checkpoint_seconds += time.perf_counter() - saved
     batches = epoch_batches(cut, settings["batch_size"], seed, 0)
     facts = {

@@ -49,12 +49,11 @@ def differences(saved, wanted):
             if saved.get(k) != wanted.get(k)]
 
 
-def pack(weights, optimizer):
-    """Weights and optimizer variables as the bytes of one .npz (w0.., o0..), and their SHA-256."""
-    buffer = io.BytesIO()
-    np.savez(buffer, **{f"w{i}": w for i, w in enumerate(weights)}, **{f"o{i}": v for i, v in enumerate(optimizer)})
-    blob = buffer.getvalue()
-    return blob, hashlib.sha256(blob).hexdigest()
+def write_state(path, weights, optimizer):
+    """Weights and optimizer variables as one .npz (w0.., o0..), written atomically; returns its SHA-256."""
+    with atomic.atomic_path(path) as tmp:
+        np.savez(tmp, **{f"w{i}": w for i, w in enumerate(weights)}, **{f"o{i}": v for i, v in enumerate(optimizer)})
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def unpack(blob):
@@ -85,15 +84,13 @@ class Store:
         found = [(int(m.group(1)), p) for p in self.folder.iterdir() if (m := EPOCH_DIR.match(p.name))]
         return [p for _, p in sorted(found, reverse=True)]
 
-    def save(self, state):
+    def put(self, state):
         """Write epoch `state.epoch` atomically, then remove the older epochs."""
-        blob, digest = pack(state.weights, state.optimizer)
-        manifest = {"epoch": state.epoch, "state_sha256": digest, "fingerprint": self.fingerprint,
-                    "history": state.history}
         target = self.folder / f"epoch{state.epoch}"
         with atomic.atomic_dir(target) as tmp:
-            atomic.write_bytes(tmp / STATE, blob)
-            atomic.write_json(tmp / MANIFEST, manifest)
+            digest = write_state(tmp / STATE, state.weights, state.optimizer)
+            atomic.write_json(tmp / MANIFEST, {"epoch": state.epoch, "state_sha256": digest,
+                                               "fingerprint": self.fingerprint, "history": state.history})
         for old in self.epochs():
             if old != target:
                 shutil.rmtree(old, ignore_errors=True)

@@ -22,7 +22,8 @@ ISA_PREFIXES = ("sse4", "avx", "fma", "amx")
 HOST_KEYS = ("host", "cpu_model", "cpu_count", "isa_flags", "versions", "scheduler")
 # What a result keeps of each rank record: its timing, memory and placement.
 RANK_TIMING_KEYS = ("rank", "fit_seconds", "epoch_seconds", "fit_cpu_seconds", "cpu_seconds", "wall_seconds",
-                    "peak_rss_mib", "train_images", "host", "resumed_from_epoch", "checkpoint_seconds", "weights_sha256")
+                    "peak_rss_mib", "train_images", "host", "resumed_from_epoch", "checkpoint_seconds",
+                    "weights_sha256")
 
 
 def cpu_model():

@@ -220,7 +220,7 @@ def fit(keras, x, y, seed, settings, rank=0, callbacks=(), store=None, label="se
         print(progress_line(label, rows[-1]), flush=True)
         if store:
             start = time.perf_counter()
-            store.save(checkpoint.State(epoch + 1, net.get_weights(), optimizer_state(net), rows))
+            store.put(checkpoint.State(epoch + 1, net.get_weights(), optimizer_state(net), rows))
             checkpoint_seconds += time.perf_counter() - start
     facts = {
         "fit_seconds": fit_seconds,
