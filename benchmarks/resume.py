@@ -43,9 +43,10 @@ def goal(epochs, kill_epoch):
 
 
 def command(kind, arrays, out, checkpoints, args):
+    used = {k: v for k, v in arrays.items() if kind != "ensemble" or k.startswith("train")}  # the vote scores
     common = ["-m", "mpi_ensemble", COMMAND[kind], "--seed", "0", "--epochs", str(args.epochs), "--batch-size",
               str(args.batch_size), "--validation-split", "0.2", "--checkpoint-dir", str(checkpoints),
-              *(f"--{k.replace('_', '-')}={v}" for k, v in arrays.items())]
+              *(f"--{k.replace('_', '-')}={v}" for k, v in used.items())]
     if kind == "sequential":
         return [str(BIN / "python"), *common, "--threads", "1", "--job-cores", "1",
                 "--model", str(out / "model.keras"), "--result", str(out / "result.json"),
@@ -110,7 +111,7 @@ def print_table(rows, args):
           f"{'fit %':>6} {'goal %':>7} {'met':>9} {'same weights':>12}")
     for r in rows:
         met = ("fit" if r["fit_fraction"] <= r["goal"] else "") + ("+wall" if r["wall_fraction"] <= r["goal"] else "")
-        print(f"{r['kind']:<14} {max(r['resumed_from']):>8} {r['full_wall_s']:>8.1f} {r['rerun_wall_s']:>8.1f} "
+        print(f"{r['kind']:<14} {','.join(map(str, r['resumed_from'])):>8} {r['full_wall_s']:>8.1f} {r['rerun_wall_s']:>8.1f} "
               f"{100 * r['wall_fraction']:>6.1f}% {r['full_fit_s']:>7.1f} {r['rerun_fit_s']:>9.1f} "
               f"{100 * r['fit_fraction']:>5.1f}% {100 * r['goal']:>6.1f}% {met or 'no':>9} "
               f"{str(r['full_sha256'] == r['rerun_sha256']):>12}")

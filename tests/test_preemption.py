@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import BIN, project_copy, snakemake
+from conftest import BIN, ROOT, project_copy, snakemake
 from test_cluster import PROFILE, cluster, cluster_available  # noqa: F401  (the cluster fixtures, as they are)
 from test_faults import wait_for
 
@@ -40,6 +40,13 @@ def job_field(cluster, job_id, field):
     """One `Key=Value` of `scontrol show job`."""
     text = cluster.run_client("scontrol", "show", "job", job_id).stdout
     return next((item.split("=", 1)[1] for item in text.split() if item.startswith(f"{field}=")), None)
+
+
+def test_slurm_profile_requeues_preempted_and_resubmits_failed_jobs():
+    import yaml
+
+    profile = yaml.safe_load((ROOT / "workflow/profiles/slurm/config.yaml").read_text())
+    assert profile["slurm-requeue"] is True and profile["retries"] >= 1
 
 
 def test_requeued_training_job_resumes_to_the_weights_of_an_uncut_one(cluster, tmp_path):
