@@ -277,14 +277,15 @@ def test_lint_and_format_are_clean():
 
 
 def test_one_cli_with_a_sub_command_per_rule():
-    """Every rule's shell command calls `python -m mpi_ensemble <its rule name>`; every sub-command is a rule."""
+    """Every rule's shell command calls `python -m mpi_ensemble <its rule name>`; every sub-command is a rule, but
+    `clean_shm`, the first step of the MPI training rules (it must run before the launcher starts the ranks)."""
     from mpi_ensemble import cli
 
     rules = "\n".join(p.read_text() for p in (ROOT / "workflow" / "rules").glob("*.smk"))
     called = set(re.findall(r"-m mpi_ensemble (\w+)", rules))
     commands = set(cli.build_parser()._subparsers._group_actions[0].choices)
     assert called == commands
-    declared = set(re.findall(r"^rule (\w+):", rules, re.M)) | {"train_mpi_ranks", "train_data_parallel"}
+    declared = set(re.findall(r"^rule (\w+):", rules, re.M)) | {"train_mpi_ranks", "train_data_parallel", "clean_shm"}
     assert commands <= declared
 
 

@@ -1,6 +1,8 @@
 """The workflow's one command line: `python -m mpi_ensemble RULE ...`, one sub-command per rule, named as the rule
 (`train_mpi_ranks` serves every `train_mpi_ranks{N}`, `train_data_parallel` every `train_data_parallel_ranks{N}`).
-MPI rules run it under the launcher: `mpiexec -n N python -m mpi4py -m mpi_ensemble train_mpi_ranks ...`.
+MPI rules run it under the launcher: `mpiexec -n N python -m mpi4py -m mpi_ensemble train_mpi_ranks ...`, after
+`python -m mpi_ensemble clean_shm` (the one sub-command that is a step of those rules, not a rule: it must run before
+the ranks start).
 
 Each sub-command parses its arguments and calls one function of the stage's module (data, training, combine,
 summarize, plots), which writes its outputs atomically.
