@@ -628,13 +628,16 @@ def test_ensemble_rank_killed_in_epoch_3_resumes_to_the_same_weights(tmp_path):
     assert run.returncode != 0 and "Error in rule train_mpi_ranks2" in output
     assert complete_files(work / MODELS2) == []  # Snakemake removed the failed job's outputs ...
     assert (saved / "rank1" / "epoch2" / "state.npz").is_file()  # ... but not the checkpoints
+    # Rank 0 trains on independently, so it got as far as it got when the job went down.
+    rank0_saved = [int(p.name[len("epoch"):]) for p in (saved / "rank0").iterdir()] if (saved / "rank0").exists() \
+        else [0]
 
     snakemake(work, "--config", *RESUME, "--", *ENSEMBLE_RECORDS)
     records = [json.loads((work / p).read_text()) for p in ENSEMBLE_RECORDS]
     print(f"\nensemble rank 1 killed in epoch 3/5: resumed ranks from epochs "
           f"{[r['resumed_from_epoch'] for r in records]}; weights {[r['weights_sha256'] for r in records]}, "
           f"uninterrupted {reference}")
-    assert records[1]["resumed_from_epoch"] == 2 and records[0]["resumed_from_epoch"] >= 2
+    assert [r["resumed_from_epoch"] for r in records] == [*rank0_saved, 2]
     assert [r["weights_sha256"] for r in records] == reference
     assert f"checkpoint {Path('results/checkpoints/models/ranks2/seed0/rank1/epoch2')}: resuming after epoch 2" \
         in log.read_text()
