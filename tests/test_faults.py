@@ -596,3 +596,177 @@ def test_data_parallel_catches_a_diverging_rank(tmp_path):
     sums = [json.loads((out_dir / f"rank{r}.json").read_text())["weights_sha256"] for r in range(2)]
     assert sums[0] != sums[1]
     assert complete_files(out_dir) == ["rank0.json", "rank1.json"]
+
+
+# ------------------------------------------------- killed mid-training, rerun: resumed, bitwise the same model
+
+RESUME = ["max_train_images=600", "max_test_images=100", "epochs=5", "batch_size=32", "ranks=[2]", "seeds=[0]",
+          "baseline_threads=[1]"]
+ENSEMBLE_RECORDS = [f"results/models/ranks2/seed0/rank{r}.json" for r in range(2)]
+
+
+def hold_env(hold, rank, epoch):
+    return {faults.HOLD_ENV: str(rank), faults.HOLD_FILE_ENV: str(hold), faults.HOLD_EPOCH_ENV: str(epoch)}
+
+
+def held_pid(hold, rank, timeout=240):
+    """Wait until `rank` announces it is held (its hold file), and return its PID."""
+    announce = Path(f"{hold}.rank{rank}")
+    wait_for(announce.exists, timeout, f"rank {rank} to reach its hold")
+    return int(announce.read_text().split()[0])
+
+
+def weight_hashes(paths):
+    """The weights' SHA-256 in rank records, or in a result's (the sequential run's) rank timing."""
+    records = [json.loads(Path(p).read_text()) for p in paths]
+    return [r["weights_sha256"] if "weights_sha256" in r else r["rank_timing"][0]["weights_sha256"] for r in records]
+
+
+def test_ensemble_rank_killed_in_epoch_3_resumes_to_the_same_weights(tmp_path):
+    """Rank 1 of a 2-rank ensemble job, run by Snakemake, is SIGKILLed as its epoch 3 of 5 starts. Snakemake fails
+    the job and deletes its outputs; the checkpoints (outside them) stay. The rerun resumes each rank after its last
+    saved epoch, and both models are bitwise those of an uninterrupted run."""
+    work = project_copy(tmp_path / "work")
+    snakemake(work, "--config", *RESUME, "--", *ENSEMBLE_RECORDS)
+    reference = weight_hashes(work / p for p in ENSEMBLE_RECORDS)
+    assert not (work / "results" / "checkpoints").exists()  # the successful job removed its checkpoints
+    log = work / "logs" / "train_mpi" / "ranks2" / "seed0.log"
+    assert "ensemble_member rank 1/2 epoch 5/5: loss " in log.read_text()
+
+    hold = tmp_path / "hold"
+    run = start_snakemake(work, "--config", *RESUME, "--forcerun", "train_mpi_ranks2", "--", *ENSEMBLE_RECORDS,
+                          extra_env=hold_env(hold, 1, 3))
+    try:
+        pid = held_pid(hold, 1)
+        saved = work / "results" / "checkpoints" / "models" / "ranks2" / "seed0"
+        assert [p.name for p in (saved / "rank1").iterdir()] == ["epoch2"]
+        progress = log.read_text()  # written as it happens: the job is still running
+        assert "ensemble_member rank 1/2 epoch 2/5: loss " in progress and "rank 1/2 epoch 3/5" not in progress
+        os.kill(pid, signal.SIGKILL)
+        output = finish(run, 120)
+    finally:
+        if run.poll() is None:
+            os.killpg(run.pid, signal.SIGKILL)
+    assert run.returncode != 0 and "Error in rule train_mpi_ranks2" in output
+    assert complete_files(work / MODELS2) == []  # Snakemake removed the failed job's outputs ...
+    assert (saved / "rank1" / "epoch2" / "state.npz").is_file()  # ... but not the checkpoints
+    # Rank 0 trains on independently, so it got as far as it got when the job went down.
+    rank0_saved = [int(p.name[len("epoch"):]) for p in (saved / "rank0").iterdir()] if (saved / "rank0").exists() \
+        else [0]
+
+    snakemake(work, "--config", *RESUME, "--", *ENSEMBLE_RECORDS)
+    records = [json.loads((work / p).read_text()) for p in ENSEMBLE_RECORDS]
+    print(f"\nensemble rank 1 killed in epoch 3/5: resumed ranks from epochs "
+          f"{[r['resumed_from_epoch'] for r in records]}; weights {[r['weights_sha256'] for r in records]}, "
+          f"uninterrupted {reference}")
+    assert [r["resumed_from_epoch"] for r in records] == [*rank0_saved, 2]
+    assert [r["weights_sha256"] for r in records] == reference
+    assert f"checkpoint {Path('results/checkpoints/models/ranks2/seed0/rank1/epoch2')}: resuming after epoch 2" \
+        in log.read_text()
+    history = (work / MODELS2 / "rank1_history.csv").read_text().splitlines()
+    assert [line.rsplit(",", 1)[1] for line in history[1:]] == ["True", "True", "False", "False", "False"]
+    assert not (work / "results" / "checkpoints").exists()
+
+
+@pytest.fixture(scope="module")
+def small_arrays(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("arrays")
+    outs = {name: folder / f"{name}.npy" for name in data.ARRAY_NAMES}
+    data.preprocess([BUNDLED / n for n in data.file_names("mnist")], outs, "mnist", 600, 100)
+    return outs
+
+
+def trainer(command, arrays, out, checkpoints, epochs=5, ranks=None):
+    """The command line of one training job, as the rules write it (`ranks`: under mpiexec)."""
+    args = ["-m", "mpi_ensemble", command, "--threads", "1", "--job-cores", "2", "--seed", "0", "--epochs",
+            str(epochs), "--batch-size", "32", "--validation-split", "0.2", "--checkpoint-dir", str(checkpoints),
+            *(f"--{k.replace('_', '-')}={v}" for k, v in arrays.items())]
+    args += ["--out-dir", str(out)] if ranks else ["--model", str(out / "model.keras"),
+                                                   "--result", str(out / "result.json"),
+                                                   "--history", str(out / "history.csv")]
+    python = [str(BIN / "python")]
+    return [str(BIN / "mpiexec"), "-n", str(ranks), *python, "-m", "mpi4py", *args] if ranks else python + args
+
+
+def launch(cmd, extra_env=None):
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": str(ROOT / "src"), **(extra_env or {})}
+    return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def run_to_end(cmd):
+    proc = launch(cmd)
+    output = finish(proc, 600)
+    assert proc.returncode == 0, output[-4000:]
+    return output
+
+
+def stop_held(cmd, hold, rank, epoch, sig):
+    """Start a job, wait for `rank` to hold as `epoch` starts, send it `sig`; (its exit status, seconds until the
+    job ended, output)."""
+    proc = launch(cmd, hold_env(hold, rank, epoch))
+    try:
+        pid = held_pid(hold, rank)
+        stopped = time.monotonic()
+        os.kill(pid, sig)
+        output = finish(proc, 120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    return proc.returncode, time.monotonic() - stopped, output
+
+
+def test_data_parallel_rank_killed_in_epoch_3_resumes_to_the_same_weights(small_arrays, tmp_path):
+    """Rank 1 of 2 SIGKILLed as epoch 3 of 5 starts: the launcher takes the job down; rank 0's checkpoint of
+    epoch 2 serves both ranks on the rerun, whose model is bitwise the uninterrupted one's."""
+    checkpoints = tmp_path / "checkpoints" / "dp"
+    clean, cut = tmp_path / "clean", tmp_path / "cut"
+    run_to_end(trainer("train_data_parallel", small_arrays, clean, checkpoints, ranks=2))
+    assert not checkpoints.exists()
+    [reference] = set(weight_hashes(clean / f"rank{r}.json" for r in range(2)))
+
+    status, _, output = stop_held(trainer("train_data_parallel", small_arrays, cut, checkpoints, ranks=2),
+                                  tmp_path / "hold", 1, 3, signal.SIGKILL)
+    assert status != 0 and not (cut / "model.keras").exists(), output[-3000:]
+    assert [p.name for p in (checkpoints / "rank0").iterdir()] == ["epoch2"]
+
+    output = run_to_end(trainer("train_data_parallel", small_arrays, cut, checkpoints, ranks=2))
+    records = [json.loads((cut / f"rank{r}.json").read_text()) for r in range(2)]
+    print(f"\ndata-parallel rank 1 killed in epoch 3/5: resumed from epoch {records[0]['resumed_from_epoch']}; "
+          f"weights {records[0]['weights_sha256']}, uninterrupted {reference}")
+    assert [r["resumed_from_epoch"] for r in records] == [2, 2]
+    assert {r["weights_sha256"] for r in records} == {reference}
+    assert "data_parallel rank 1/2 epoch 3/5: loss " in output and "rank 1/2 epoch 2/5" not in output
+    assert len((cut / "history.csv").read_text().splitlines()) == 1 + 5
+    assert not checkpoints.exists()
+
+
+def test_sequential_stopped_by_sigterm_resumes_and_other_epochs_are_discarded(small_arrays, tmp_path):
+    """SIGTERM (what SLURM sends on preemption) ends a held sequential run at once, non-zero, and leaves a checkpoint
+    that verifies. A checkpoint made with epochs=3 is discarded by an epochs=5 job, naming the difference; the
+    epochs=5 job, stopped the same way in epoch 3, resumes after epoch 2 to the uninterrupted run's weights."""
+    checkpoints = tmp_path / "checkpoints" / "sequential"
+    clean, cut = tmp_path / "clean", tmp_path / "cut"
+    run_to_end(trainer("train_sequential", small_arrays, clean, checkpoints))
+    [reference] = weight_hashes([clean / "result.json"])
+
+    status, seconds, _ = stop_held(trainer("train_sequential", small_arrays, cut, checkpoints, epochs=3),
+                                   tmp_path / "hold3", 0, 3, signal.SIGTERM)
+    print(f"\nSIGTERM: exit status {status} after {seconds:.2f} s")
+    assert status == -signal.SIGTERM and seconds < 10
+    assert [p.name for p in (checkpoints / "rank0").iterdir()] == ["epoch2"]  # whole: no temporary left
+
+    status, _, output = stop_held(trainer("train_sequential", small_arrays, cut, checkpoints),
+                                  tmp_path / "hold5", 0, 3, signal.SIGTERM)
+    discarded = f"checkpoint {checkpoints / 'rank0' / 'epoch2'} discarded: made with other settings " \
+                "(epochs: checkpoint 3, this job 5)"
+    note("resume", output, "discarded")
+    assert status == -signal.SIGTERM and discarded in output
+    assert "sequential rank 0/1 epoch 1/5: loss " in output  # trained from the start
+
+    output = run_to_end(trainer("train_sequential", small_arrays, cut, checkpoints))
+    record = json.loads((cut / "result.json").read_text())
+    print(f"sequential stopped in epoch 3/5: resumed from epoch {record['resumed_from_epoch']}; weights "
+          f"{weight_hashes([cut / 'result.json'])[0]}, uninterrupted {reference}")
+    assert record["resumed_from_epoch"] == 2 and "resuming after epoch 2" in output
+    assert weight_hashes([cut / "result.json"]) == [reference]
+    assert not checkpoints.exists()

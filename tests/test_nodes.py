@@ -228,13 +228,27 @@ def test_a_node_lost_mid_job_fails_the_job_fast_and_a_rerun_completes_on_the_res
                 nodes.revive_node(name)
 
 
+def no_requeue_profile(tmp_path):
+    """PROFILE, pointing at a copy of the SLURM profile without its `slurm-requeue` line."""
+    folder = tmp_path / "profile-no-requeue"
+    shutil.copytree(ROOT / "workflow" / "profiles" / "slurm", folder)
+    config = folder / "config.yaml"
+    lines = config.read_text().splitlines(keepends=True)
+    kept = [line for line in lines if not line.startswith("slurm-requeue:")]
+    assert len(kept) == len(lines) - 1, "the SLURM profile no longer sets slurm-requeue"
+    config.write_text("".join(kept))
+    at = PROFILE.index("--workflow-profile") + 1
+    return [*PROFILE[:at], str(folder), *PROFILE[at + 1:]]
+
+
 def lost_node_fails_and_reruns(work, nodes, tmp_path):
     held = tmp_path / "held"
     env = {"SLURM_CONF": str(nodes.conf), faults.HOLD_ENV: "1", faults.HOLD_FILE_ENV: str(held)}
     targets = outputs(2)[: 2 * 2]  # the ensemble's two models and records
-    # Without --no-requeue SLURM's default (JobRequeue=1) puts the job back in the queue instead, and it reruns
-    # by itself on the nodes left (docs/slurm.md); here the failure must reach Snakemake.
-    cmd = [str(Path(sys.executable).parent / "snakemake"), "--cores", "2", *PROFILE, "--slurm-no-requeue",
+    # The profile requeues (slurm-requeue): SLURM would put the job back in the queue and it would rerun by itself
+    # on the nodes left (docs/slurm.md). Here the failure itself must reach Snakemake, so the profile without it.
+    cmd = [str(Path(sys.executable).parent / "snakemake"), "--cores", "2", *no_requeue_profile(tmp_path),
+           "--slurm-no-requeue",
            *targets, "--forcerun", "train_mpi_ranks2", "--config", *CONFIG]
     log_path = tmp_path / "snakemake.log"
     with open(log_path, "w") as log:

@@ -20,14 +20,14 @@ def bench(tmp_path, name, seconds, max_rss=500.0):
 
 
 def result(method, ranks, threads, fits, seed=0, cores=2, images=48000, accuracy=0.97, precision="float32",
-           rss=(700.0,)):
+           rss=(700.0,), resumed=0):
     members = len(fits)
     per_rank = cores if threads == "all" else threads
     return {
         "method": method, "ranks": ranks, "seed": seed, "threads": threads, "precision": precision, "epochs": 5,
         "job_cores": cores, "cores_used": min(members * per_rank, cores), "oversubscribed": ranks * per_rank > cores,
         "metrics": {"accuracy": accuracy, "precision": accuracy, "recall": accuracy, "f1": accuracy},
-        "ties": 0, "member_accuracy": [accuracy - 0.01] * members,
+        "ties": 0, "member_accuracy": [accuracy - 0.01] * members, "resumed_from_epoch": resumed,
         "rank_timing": [{"rank": r, "fit_seconds": f, "train_images": images // max(ranks, 1), "cpu_seconds": 1.0,
                          "peak_rss_mib": rss[r % len(rss)]} for r, f in enumerate(fits)],
     }
@@ -94,7 +94,8 @@ def test_every_row_has_its_precision_memory_and_throughput(table):
 
 def summary_frame(rows):
     frame = pd.DataFrame(rows)
-    defaults = {"cores_used": 1, "oversubscribed": False, "compute_precision": "float32", "threads": 1}
+    defaults = {"cores_used": 1, "oversubscribed": False, "compute_precision": "float32", "threads": 1,
+                "resumed_from_epoch": 0}
     for column in summarize.COLUMNS:
         frame[column] = frame[column].fillna(defaults[column]) if column in frame and column in defaults \
             else frame.get(column, defaults.get(column, np.nan))
@@ -115,6 +116,47 @@ def test_group_stats_mean_and_sample_sd():
     assert out.loc[2, "accuracy_sd"] == pytest.approx(0.02)  # sample sd (ddof=1) of 0.90, 0.92, 0.94
     assert out.loc[2, "fit_seconds_max_sd"] == pytest.approx(2.0)
     assert np.isnan(out.loc[4, "accuracy_sd"]) and np.isnan(out.loc[2, "job_seconds_mean"])  # one seed; no data
+
+
+def test_resumed_timings_are_marked_and_left_out_of_the_statistics(tmp_path):
+    """A resumed job's accuracy counts (its model is the uninterrupted one's); its times, covering only the epochs
+    after the checkpoint, are marked in summary.csv and never enter the statistics or another row's speed-up."""
+    results = [
+        (result("sequential", 1, 1, [40.0]), [bench(tmp_path, "s1", 45)]),
+        (result("sequential", 1, 1, [16.0], seed=1, resumed=3), [bench(tmp_path, "s1r", 20)]),
+        (result("ensemble_majority", 2, 1, [20.0, 22.0], accuracy=0.95), [bench(tmp_path, "e0", 25)]),
+        (result("ensemble_majority", 2, 1, [9.0, 8.0], seed=1, accuracy=0.93, resumed=2), [bench(tmp_path, "e1", 12)]),
+        (result("ensemble_majority", 2, 1, [21.0, 23.0], seed=2, accuracy=0.94), [bench(tmp_path, "e2", 26)]),
+    ]
+    summary = summarize.summary_table(results)
+    marked = summary.set_index(["method", "seed"])["resumed_from_epoch"]
+    assert marked[("sequential", 1)] == 3 and marked[("ensemble_majority", 1)] == 2
+    assert marked[("ensemble_majority", 0)] == 0
+    assert np.isnan(summary.set_index(["method", "seed"]).loc[("ensemble_majority", 2), "speedup"])  # no seed-2 base
+    stats = summarize.group_stats(summary).set_index("method")
+    ens = stats.loc["ensemble_majority"]
+    assert ens["n_seeds"] == 3 and ens["n_resumed"] == 1
+    assert ens["accuracy_mean"] == pytest.approx(0.94)  # all three seeds
+    assert ens["fit_seconds_max_mean"] == pytest.approx(22.5)  # seeds 0 and 2 only: 22 and 23, not the resumed 9
+    assert stats.loc["sequential", "fit_seconds_max_mean"] == pytest.approx(40.0)
+    assert stats.loc["sequential", "speedup_mean"] == pytest.approx(1.0)  # the resumed seed's 16 s left out
+    times = summarize.rank_times(results)
+    assert sorted(times[times["resumed_from_epoch"] > 0]["fit_seconds"]) == [8.0, 9.0, 16.0]
+
+
+def test_training_curves_average_an_ensembles_members(tmp_path):
+    paths = []
+    for r, losses in enumerate(([2.0, 1.0], [4.0, 3.0])):
+        path = tmp_path / f"rank{r}_history.csv"
+        pd.DataFrame({"rank": r, "epoch": [1, 2], "loss": losses, "accuracy": [0.5, 0.7], "val_loss": losses,
+                      "val_accuracy": [0.4, 0.6]}).to_csv(path, index=False)
+        paths.append(("ensemble_member/N:2", path))
+    histories = plots.read_histories(paths)
+    curves = histories.groupby(["label", "epoch"]).mean(numeric_only=True)
+    assert list(curves["loss"]) == [3.0, 2.0]
+    out = tmp_path / "curves.png"
+    plots.training_curves_figure(histories, out)
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 10_000
 
 
 def test_differences_against_the_spread():
@@ -169,7 +211,10 @@ def test_every_figure_draws_from_the_tables(table, tmp_path):
     pd.DataFrame([{"method": "ensemble_majority", "ranks": 2, "seed": 0, "oversubscribed": False, "rank": r,
                    "fit_seconds": 10.0 + r, "host": "h"} for r in range(2)]).to_csv(ranks_path, index=False)
     outputs = {key: tmp_path / f"{key}.png" for key in plots.FIGURES}
-    plots.figures(stats_path, ranks_path, PAPER, outputs)
+    history = tmp_path / "history.csv"
+    pd.DataFrame({"rank": 0, "epoch": [1, 2], "loss": [2.0, 1.0], "accuracy": [0.5, 0.7], "val_loss": [2.1, 1.2],
+                  "val_accuracy": [0.4, 0.6]}).to_csv(history, index=False)
+    plots.figures(stats_path, ranks_path, PAPER, outputs, [("sequential/threads:1", history)])
     for path in outputs.values():
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 10_000
 

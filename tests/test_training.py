@@ -3,13 +3,15 @@ blocks and its gradient, and the rank record."""
 
 import json
 import os
+import signal
 import subprocess
+import textwrap
 
 import numpy as np
 import pytest
 
 from conftest import BIN, ROOT
-from mpi_ensemble import allreduce, model, records, runtime, training
+from mpi_ensemble import allreduce, checkpoint, model, records, runtime, training
 
 # --- the model ------------------------------------------------------------------------------------------------
 
@@ -111,27 +113,35 @@ def test_cpu_flags_reads_the_flags_line(tmp_path):
 # --- the input pipeline and fit -------------------------------------------------------------------------------
 
 
-def test_input_pipeline_shuffles_every_epoch_and_keeps_pairs():
+def test_input_pipeline_follows_the_epoch_order_and_keeps_pairs():
     x = np.arange(10, dtype=np.float32).reshape(10, 1) * 10
     y = np.arange(10, dtype=np.int64)
-    ds = training.tf_dataset(x, y, batch_size=4, seed=3)
-    epochs = [[(bx.numpy(), by.numpy()) for bx, by in ds] for _ in range(2)]
-    for batches in epochs:
+    for epoch in range(2):
+        order = training.epoch_order(10, seed=3, rank=1, epoch=epoch)
+        batches = [(bx.numpy(), by.numpy()) for bx, by in training.tf_dataset(x, y, batch_size=4, order=order)]
         assert [len(by) for _, by in batches] == [4, 4, 2]  # a last partial batch, as Keras' batch_size
         xs, ys = np.concatenate([bx for bx, _ in batches]), np.concatenate([by for _, by in batches])
         np.testing.assert_array_equal(xs[:, 0], ys * 10)  # images stay with their labels
-        assert sorted(ys) == list(range(10))  # every image once per epoch
-    orders = [np.concatenate([by for _, by in batches]) for batches in epochs]
-    assert not np.array_equal(orders[0], orders[1])  # reshuffled each epoch
+        np.testing.assert_array_equal(ys, order)  # exactly the epoch's order: every image once
     plain = [by.numpy() for _, by in training.tf_dataset(x, y, batch_size=4)]
     np.testing.assert_array_equal(np.concatenate(plain), y)  # validation: in order
+
+
+def test_epoch_order_is_a_pure_function_of_seed_rank_and_epoch():
+    """What lets a resumed job see the orders the uninterrupted one saw: the same (seed, rank, epoch) always gives
+    the same permutation, any other key another one."""
+    first = training.epoch_order(500, 0, 1, 2)
+    assert sorted(first) == list(range(500))
+    np.testing.assert_array_equal(first, training.epoch_order(500, 0, 1, 2))
+    for key in ((1, 1, 2), (0, 0, 2), (0, 1, 3)):
+        assert not np.array_equal(first, training.epoch_order(500, *key)), key
 
 
 def test_input_pipeline_is_not_autotuned():
     # tf.data's autotuner left a 1-thread rank's core idle for a third of fit(); the fix must stay in place.
     x, y = np.zeros((8, 1), dtype=np.float32), np.zeros(8, dtype=np.int64)
-    for seed in (None, 1):
-        assert training.tf_dataset(x, y, batch_size=4, seed=seed).options().autotune.enabled is False
+    for order in (None, np.arange(8)[::-1]):
+        assert training.tf_dataset(x, y, batch_size=4, order=order).options().autotune.enabled is False
 
 
 def test_fit_records_every_epoch_time_and_the_rank_record_carries_it():
@@ -213,3 +223,141 @@ def test_allreduced_gradient_is_the_global_batch_gradient(tmp_path):
     wrong = gradient_check(2, tmp_path, "--local-scale")
     assert wrong["norm_ratio"] == pytest.approx(2.0, rel=1e-4)
     assert wrong["max_abs_difference"] > 1e-5 * wrong["max_abs_gradient"]
+
+
+# --- checkpoints, progress and history ------------------------------------------------------------------------
+
+FINGERPRINT = {"method": "sequential", "epochs": 5, "batch_size": 32, "shard": [0, 600], "data_sha256": "ab"}
+
+
+def saved_state(epoch):
+    weights = [np.full((2, 3), epoch, dtype=np.float32), np.arange(4, dtype=np.float32)]
+    return checkpoint.State(epoch, weights, [np.int64(epoch * 10), np.ones(3, dtype=np.float32)],
+                            [{"epoch": e + 1, "loss": 1.0 / (e + 1)} for e in range(epoch)])
+
+
+def test_checkpoint_round_trip_keeps_only_the_latest_epoch(tmp_path):
+    store = checkpoint.Store(tmp_path / "rank0", FINGERPRINT, log=lambda text: None)
+    assert store.load() is None
+    store.put(saved_state(1))
+    store.put(saved_state(2))
+    assert [p.name for p in store.epochs()] == ["epoch2"]
+    state = store.load()
+    assert state.epoch == 2 and [row["epoch"] for row in state.history] == [1, 2]
+    for got, want in zip(state.weights + state.optimizer, saved_state(2).weights + saved_state(2).optimizer):
+        np.testing.assert_array_equal(got, want)
+    store.remove()
+    assert not (tmp_path / "rank0").exists()
+
+
+def test_damaged_checkpoint_is_discarded_never_trusted(tmp_path):
+    messages = []
+    store = checkpoint.Store(tmp_path / "rank0", FINGERPRINT, log=messages.append)
+    path = store.put(saved_state(2))
+    blob = bytearray((path / checkpoint.STATE).read_bytes())
+    blob[len(blob) // 2] ^= 1  # one bit of one weight
+    (path / checkpoint.STATE).write_bytes(bytes(blob))
+    assert store.load() is None
+    assert "discarded: damaged (state.npz has SHA-256" in messages[-1] and str(path) in messages[-1]
+    assert not path.exists()
+    path = store.put(saved_state(3))
+    (path / checkpoint.MANIFEST).write_text('{"epoch": 3, "state_sha')  # cut short
+    assert store.load() is None and "discarded: damaged (unreadable" in messages[-1]
+
+
+def test_checkpoint_from_other_settings_is_discarded_naming_the_difference(tmp_path):
+    messages = []
+    checkpoint.Store(tmp_path / "rank0", {**FINGERPRINT, "epochs": 3}, log=messages.append).put(saved_state(2))
+    store = checkpoint.Store(tmp_path / "rank0", FINGERPRINT, log=messages.append)
+    assert store.load() is None
+    assert messages == [f"checkpoint {tmp_path / 'rank0' / 'epoch2'} discarded: made with other settings "
+                        "(epochs: checkpoint 3, this job 5)"]
+    assert checkpoint.differences({**FINGERPRINT, "shard": [0, 300], "data_sha256": "cd"}, FINGERPRINT) == [
+        "data_sha256: checkpoint 'cd', this job 'ab'", "shard: checkpoint [0, 300], this job [0, 600]"]
+
+
+def test_a_writer_killed_mid_checkpoint_leaves_the_previous_epoch(tmp_path):
+    """SIGTERM (what SLURM sends before the kill) to a process halfway through writing epoch 2: epoch 1 stays
+    whole and loads; the half-written temporary is cleared away by the next load."""
+    writer = textwrap.dedent(f"""
+        import sys, time
+        import numpy as np
+        from mpi_ensemble import atomic, checkpoint
+        store = checkpoint.Store({str(tmp_path / 'rank0')!r}, {FINGERPRINT!r})
+        weights = [np.ones((2, 3), dtype=np.float32)]
+        store.put(checkpoint.State(1, weights, [np.int64(10)], []))
+        def stall(path, obj):  # state.npz written, the manifest never is
+            print("half written", flush=True)
+            time.sleep(600)
+        atomic.write_json = stall
+        store.put(checkpoint.State(2, weights, [np.int64(20)], []))
+    """)
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    proc = subprocess.Popen([str(BIN / "python"), "-c", writer], stdout=subprocess.PIPE, text=True, env=env)
+    assert proc.stdout.readline().strip() == "half written"
+    assert [p.name for p in (tmp_path / "rank0").iterdir() if p.name.startswith(".epoch2.tmp")]  # really mid-write
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=30) == -signal.SIGTERM
+    state = checkpoint.Store(tmp_path / "rank0", FINGERPRINT, log=lambda text: None).load()
+    assert state.epoch == 1 and int(state.optimizer[0]) == 10
+    assert sorted(p.name for p in (tmp_path / "rank0").iterdir()) == ["epoch1"]
+
+
+def test_resumed_fit_ends_with_the_same_weights_bit_for_bit(tmp_path):
+    """Stopped after epoch 2 of 4 (an exception from a callback, as a kill would), resumed from the checkpoint:
+    the final weights equal an uninterrupted fit's. A resume that restored the weights but not Adam's moments and
+    iteration count would differ."""
+    import keras
+
+    x = np.random.default_rng(1).random((60, 28, 28, 1), dtype=np.float32)
+    y = np.arange(60, dtype=np.int64) % 10
+    settings = {"epochs": 4, "batch_size": 16, "validation_split": 0.25, "precision": "float32"}
+    full, _ = training.fit(keras, x, y, seed=0, settings=settings)
+
+    class Stop(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            if epoch == 2:
+                raise KeyboardInterrupt
+
+    store = checkpoint.Store(tmp_path / "rank0", FINGERPRINT, log=lambda text: None)
+    with pytest.raises(KeyboardInterrupt):
+        training.fit(keras, x, y, seed=0, settings=settings, callbacks=[Stop()], store=store)
+    assert [p.name for p in store.epochs()] == ["epoch2"]
+    resumed, facts = training.fit(keras, x, y, seed=0, settings=settings, store=store)
+    assert facts["resumed_from_epoch"] == 2 and len(facts["epoch_seconds"]) == 2
+    assert [row["from_checkpoint"] for row in facts["history_rows"]] == [True, True, False, False]
+    assert training.weights_sha256(resumed.get_weights()) == training.weights_sha256(full.get_weights())
+    assert int(resumed.optimizer.iterations.numpy()) == int(full.optimizer.iterations.numpy()) == 4 * 3
+
+    fresh = checkpoint.Store(tmp_path / "other", FINGERPRINT, log=lambda text: None)
+    with pytest.raises(KeyboardInterrupt):
+        training.fit(keras, x, y, seed=0, settings=settings, callbacks=[Stop()], store=fresh)
+    state = fresh.load()
+    state.optimizer = [np.zeros_like(v) for v in state.optimizer]  # weights kept, Adam's state lost
+    fresh.put(state)
+    wrong, _ = training.fit(keras, x, y, seed=0, settings=settings, store=fresh)
+    assert training.weights_sha256(wrong.get_weights()) != training.weights_sha256(full.get_weights())
+
+
+def test_progress_line_and_history_csv():
+    row = training.epoch_row(1, 2, 5, {"loss": 0.25, "accuracy": 0.9, "val_loss": 0.3, "val_accuracy": 0.875},
+                             2.0, 4800)
+    assert training.progress_line("ensemble_member rank 1/2", row) == (
+        "ensemble_member rank 1/2 epoch 3/5: loss 0.2500 accuracy 0.9000 val_loss 0.3000 val_accuracy 0.8750, "
+        "2.00 s, 2400 images/s")
+    text = training.history_csv([{**row, "from_checkpoint": True}, row])
+    assert text.splitlines() == [",".join(training.HISTORY_COLUMNS), "1,3,5,0.25,0.9,0.3,0.875,2,2400,True",
+                                 "1,3,5,0.25,0.9,0.3,0.875,2,2400,False"]
+
+
+def test_stale_mpich_segments_are_those_no_process_maps(tmp_path):
+    """What a requeued SLURM job must not attach to: segments its killed ranks left. One that a live process maps
+    (here, this one) is in use and stays; other files are not MPICH's."""
+    import mmap
+
+    for name in ("mpich_shm_2a_0", "mpich_vci_2a_0", "mpich_shm_3b_0", "other_file"):
+        (tmp_path / name).write_bytes(b"\0" * 4096)
+    with open(tmp_path / "mpich_shm_3b_0", "r+b") as handle, mmap.mmap(handle.fileno(), 4096):
+        assert [p.name for p in runtime.stale_mpich_segments(tmp_path)] == ["mpich_shm_2a_0", "mpich_vci_2a_0"]
+        assert [p.name for p in runtime.remove_stale_mpich_segments(tmp_path)] == ["mpich_shm_2a_0", "mpich_vci_2a_0"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mpich_shm_3b_0", "other_file"]

@@ -19,7 +19,7 @@ from test_data import FASHION_DIR, fashion_files_or_skip
 PAPER_METHODS = ("sequential", "ensemble_majority")
 NEW_METHODS = ("ensemble_soft", "ensemble_majority_tiebreak", "single_shard", "data_parallel")
 FIGURES = {"fig5_sequential.png", "fig6_scaling.png", "fig_methods.png", "fig_voting.png", "speedup.png",
-           "rank_times.png"}
+           "rank_times.png", "training_curves.png"}
 
 
 def read_csv(path):
@@ -124,6 +124,30 @@ def test_statistics_comparison_and_tables(smoke_run):
     assert len(times[(times.method == "ensemble_majority") & (times.ranks == 2)]) == 2
     page = (res / "tables" / "summary.html").read_text()
     assert page.count("<tr>") == 1 + len(stats) + 1 + len(diffs) + 1 + len(comp) + 1 + len(summary)
+
+
+@pytest.mark.workflow
+def test_every_model_has_its_history_and_the_logs_show_progress(smoke_run):
+    """One epoch: each model's history.csv has its line, each rank printed it to the job's log, and the finished
+    jobs left no checkpoint behind."""
+    from mpi_ensemble import training
+
+    res = smoke_run / "results"
+    histories = [res / f"sequential/threads{t}/seed0/history.csv" for t in ("1", "all")]
+    histories += [res / f"models/ranks{n}/seed0/rank{r}_history.csv" for n in (1, 2) for r in range(n)]
+    histories += [res / f"data_parallel/ranks{n}/seed0/history.csv" for n in (1, 2)]
+    for path in histories:
+        frame = pd.read_csv(path)
+        assert list(frame.columns) == list(training.HISTORY_COLUMNS) and len(frame) == 1, path
+        assert frame["epoch"].tolist() == [1] and not frame["from_checkpoint"].any()
+        assert 0 < frame["loss"].item() and 0 < frame["val_accuracy"].item() <= 1
+        assert frame["images_per_second"].item() > 0
+    log = (smoke_run / "logs" / "train_mpi" / "ranks2" / "seed0.log").read_text()
+    assert all(f"ensemble_member rank {r}/2 epoch 1/1: loss " in log for r in range(2))
+    sequential = (smoke_run / "logs" / "train_sequential" / "threads1" / "seed0.log").read_text()
+    assert "sequential rank 0/1 epoch 1/1: loss " in sequential
+    assert not (res / "checkpoints").exists()
+    assert (summary_of(smoke_run)["resumed_from_epoch"] == 0).all()
 
 
 @pytest.mark.workflow
@@ -256,14 +280,15 @@ def test_lint_and_format_are_clean():
 
 
 def test_one_cli_with_a_sub_command_per_rule():
-    """Every rule's shell command calls `python -m mpi_ensemble <its rule name>`; every sub-command is a rule."""
+    """Every rule's shell command calls `python -m mpi_ensemble <its rule name>`; every sub-command is a rule, but
+    `clean_shm`, the first step of the MPI training rules (it must run before the launcher starts the ranks)."""
     from mpi_ensemble import cli
 
     rules = "\n".join(p.read_text() for p in (ROOT / "workflow" / "rules").glob("*.smk"))
     called = set(re.findall(r"-m mpi_ensemble (\w+)", rules))
     commands = set(cli.build_parser()._subparsers._group_actions[0].choices)
     assert called == commands
-    declared = set(re.findall(r"^rule (\w+):", rules, re.M)) | {"train_mpi_ranks", "train_data_parallel"}
+    declared = set(re.findall(r"^rule (\w+):", rules, re.M)) | {"train_mpi_ranks", "train_data_parallel", "clean_shm"}
     assert commands <= declared
 
 

@@ -150,44 +150,68 @@ def validate(trainer, comm, x, y, cut):
     return float(val[0]) / (len(x) - cut), float(val[1]) / (len(x) - cut)
 
 
-def train(keras, comm, x, y, seed, settings):
-    """The timed loop; returns the model and facts shaped like training.fit's."""
+def resume(trainer, comm, store):
+    """Rank 0 loads the checkpoint (if any) and every rank takes it: same weights, same Adam state, same epoch."""
+    from . import training
+
+    state = training.load_state(store, trainer.net) if comm.Get_rank() == 0 else None
+    state = comm.bcast(state, root=0)
+    if state is None:
+        trainer.broadcast_weights()
+    elif comm.Get_rank() != 0:
+        training.restore(trainer.net, state)
+    return state
+
+
+def train(keras, comm, x, y, seed, settings, store=None, label="data_parallel"):
+    """The timed loop, resumed from rank 0's checkpoint and checkpointed by rank 0 after every epoch; returns the
+    model and facts shaped like training.fit's."""
+    from . import checkpoint, training
+
     rank, size = comm.Get_rank(), comm.Get_size()
     keras.utils.set_random_seed(seed)
     net = model.build_model(keras, input_shape=x.shape[1:])
     trainer = Trainer(keras, net, comm)
-    trainer.broadcast_weights()
+    state = resume(trainer, comm, store)
+    start_epoch, rows = (state.epoch, training.resumed_rows(state)) if state else (0, [])
     cut = data.validation_split_index(len(x), settings["validation_split"])
     perturb = faults.divergence(rank)
-    history = {"loss": [], "accuracy": [], "val_loss": [], "val_accuracy": []}
-    local_images, epoch_seconds = 0, []
+    epochs = settings["epochs"]
+    epoch_seconds, checkpoint_seconds = [], 0.0
     comm.Barrier()
     start, cpu_start = time.perf_counter(), records.cpu_seconds()
-    for epoch in range(settings["epochs"]):
-        epoch_start, loss_sum, correct_sum = time.perf_counter(), 0.0, 0.0
-        if epoch == 0 and faults.hold_requested(rank):
-            faults.hold(rank)
+    for epoch in range(start_epoch, epochs):
+        epoch_start, loss_sum, correct_sum, images = time.perf_counter(), 0.0, 0.0, 0
+        faults.hold_if_due(rank, epoch, start_epoch)
         for batch in epoch_batches(cut, settings["batch_size"], seed, epoch):
             part = local_part(batch, size, rank)
-            local_images += len(part)
+            images += len(part)
             loss, correct = trainer.step(x[part], y[part], len(batch), perturb)
             loss_sum, correct_sum = loss_sum + loss * len(batch), correct_sum + correct
-        history["loss"].append(loss_sum / cut)
-        history["accuracy"].append(correct_sum / cut)
+        logs = {"loss": loss_sum / cut, "accuracy": correct_sum / cut}
         if len(x) > cut:
-            val_loss, val_accuracy = validate(trainer, comm, x, y, cut)
-            history["val_loss"].append(val_loss)
-            history["val_accuracy"].append(val_accuracy)
+            logs["val_loss"], logs["val_accuracy"] = validate(trainer, comm, x, y, cut)
         epoch_seconds.append(time.perf_counter() - epoch_start)
+        rows.append(training.epoch_row(rank, epoch, epochs, logs, epoch_seconds[-1], images))
+        print(training.progress_line(label, rows[-1]), flush=True)
+        if store:
+            saved = time.perf_counter()
+            store.put(checkpoint.State(epoch + 1, net.get_weights(), training.optimizer_state(net), rows))
+            checkpoint_seconds += time.perf_counter() - saved
+    batches = epoch_batches(cut, settings["batch_size"], seed, 0)
     facts = {
-        "fit_seconds": time.perf_counter() - start,
+        # Checkpoint writes (rank 0's, between epochs) are timed apart, as in training.fit.
+        "fit_seconds": time.perf_counter() - start - checkpoint_seconds,
         "epoch_seconds": epoch_seconds,
         "fit_cpu_seconds": records.cpu_seconds() - cpu_start,
+        "checkpoint_seconds": checkpoint_seconds,
+        "resumed_from_epoch": start_epoch,
         # The images this rank computed gradients for, per epoch (its parts of the global batches).
-        "train_images": local_images // settings["epochs"],
+        "train_images": sum(len(local_part(b, size, rank)) for b in batches),
         "global_train_images": cut,
         "validation_images": len(x) - cut,
-        "history": {k: v for k, v in history.items() if v},
-        "steps_per_epoch": len(epoch_batches(cut, settings["batch_size"], seed, 0)),
+        "history": training.history_of(rows),
+        "history_rows": rows,
+        "steps_per_epoch": len(batches),
     }
     return net, facts

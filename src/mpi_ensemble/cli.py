@@ -1,6 +1,8 @@
 """The workflow's one command line: `python -m mpi_ensemble RULE ...`, one sub-command per rule, named as the rule
 (`train_mpi_ranks` serves every `train_mpi_ranks{N}`, `train_data_parallel` every `train_data_parallel_ranks{N}`).
-MPI rules run it under the launcher: `mpiexec -n N python -m mpi4py -m mpi_ensemble train_mpi_ranks ...`.
+MPI rules run it under the launcher: `mpiexec -n N python -m mpi4py -m mpi_ensemble train_mpi_ranks ...`, after
+`python -m mpi_ensemble clean_shm` (the one sub-command that is a step of those rules, not a rule: it must run before
+the ranks start).
 
 Each sub-command parses its arguments and calls one function of the stage's module (data, training, combine,
 summarize, plots), which writes its outputs atomically.
@@ -46,7 +48,7 @@ def train_sequential(args):
 
     use_cpu_tuning(args)
     print(training.train_sequential(arrays_of(args), args.model, args.result, args.threads, args.seed,
-                                    settings_of(args), args.job_cores))
+                                    settings_of(args), args.job_cores, args.history, args.checkpoint_dir))
 
 
 def train_mpi_ranks(args):
@@ -54,7 +56,7 @@ def train_mpi_ranks(args):
 
     use_cpu_tuning(args)
     training.train_mpi_ranks(arrays_of(args), args.out_dir, args.threads, args.seed, settings_of(args),
-                             args.job_cores)
+                             args.job_cores, args.checkpoint_dir)
 
 
 def train_data_parallel(args):
@@ -63,7 +65,14 @@ def train_data_parallel(args):
     use_cpu_tuning(args)
     training.train_data_parallel(arrays_of(args), args.out_dir, args.threads, args.seed,
                                  {**settings_of(args), "batch_semantics": "global batch split across ranks"},
-                                 args.job_cores)
+                                 args.job_cores, args.checkpoint_dir)
+
+
+def clean_shm(args):
+    from . import runtime
+
+    for path in runtime.remove_stale_mpich_segments(args.shm_dir):
+        print(f"removed {path}: an MPICH shared-memory segment no process uses (left by killed ranks)")
 
 
 def ensemble(args):
@@ -100,7 +109,8 @@ def figures(args):
     from . import plots
 
     outputs = {key: getattr(args, key) for key in plots.FIGURES if getattr(args, key)}
-    plots.figures(args.stats, args.rank_times, args.paper, outputs)
+    histories = [item.split("=", 1) for item in args.histories or []]
+    plots.figures(args.stats, args.rank_times, args.paper, outputs, histories)
 
 
 def tables(args):
@@ -130,6 +140,8 @@ def training_args(parser):
                         help="Keras dtype policy; mixed_bfloat16 needs a CPU with native bfloat16")
     parser.add_argument("--cpu-tuning", default="auto", choices=runtime.CPU_TUNINGS,
                         help="auto: kernel settings chosen from the CPU's flags; tensorflow: TensorFlow's defaults")
+    parser.add_argument("--checkpoint-dir", help="keep a checkpoint per rank and epoch here, resume from it, and "
+                        "delete it once the job succeeded (none: no checkpoints)")
 
 
 def required(parser, *names, **kwargs):
@@ -158,12 +170,17 @@ def training_commands(sub):
     p = sub.add_parser("train_sequential", help="one model on the whole training set, scored on the test set")
     training_args(p)
     required(p, "test-x", "test-y", "model", "result")
+    p.add_argument("--history", help="history.csv: one line per epoch")
     p.set_defaults(func=train_sequential)
 
     p = sub.add_parser("train_mpi_ranks", help="one MPI rank of the ensemble (under mpiexec ... -m mpi4py -m ...)")
     training_args(p)
     required(p, "out-dir")
     p.set_defaults(func=train_mpi_ranks)
+
+    p = sub.add_parser("clean_shm", help="remove MPICH shared-memory segments that killed ranks left (before a launch)")
+    p.add_argument("--shm-dir", default="/dev/shm")
+    p.set_defaults(func=clean_shm)
 
     p = sub.add_parser("train_data_parallel", help="one MPI rank of synchronous data-parallel training")
     training_args(p)
@@ -198,8 +215,10 @@ def summarize_commands(sub):
 
     p = sub.add_parser("figures", help="the figures, from the summarize tables")
     required(p, "stats", "rank-times", "paper")
-    for key in ("fig_sequential", "fig_scaling", "fig_speedup", "fig_rank_times", "fig_methods", "fig_voting"):
+    for key in ("fig_sequential", "fig_scaling", "fig_speedup", "fig_rank_times", "fig_methods", "fig_voting",
+                "fig_training_curves"):
         p.add_argument(f"--{key.replace('_', '-')}")
+    p.add_argument("--histories", nargs="+", help="LABEL=history.csv per model (an ensemble's ranks share a label)")
     p.set_defaults(func=figures)
 
     p = sub.add_parser("tables", help="the summary and provenance as HTML pages")

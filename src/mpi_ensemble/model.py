@@ -5,6 +5,9 @@ DENSE_UNITS = 64
 KERNEL = 3
 IMAGE_SHAPE = (28, 28, 1)
 CLASSES = 10
+# Raise whenever build_model's layers, initialisers or compile settings change: a checkpoint saved by another
+# version of the model is then discarded instead of resumed.
+MODEL_VERSION = 1
 
 
 def build_model(keras, input_shape=IMAGE_SHAPE, classes=CLASSES, steps_per_execution=1):

@@ -156,7 +156,8 @@ def rank_times_figure(rank_times, path):
     """Each rank's fit() time per world size: the spread shows imbalance (the last rank's remainder, noise,
     shared cores); the slowest rank sets the phase's wall time."""
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
-    ens = rank_times[rank_times["method"] == "ensemble_majority"]
+    resumed = rank_times.get("resumed_from_epoch", pd.Series(0, index=rank_times.index)) > 0
+    ens = rank_times[(rank_times["method"] == "ensemble_majority") & ~resumed]  # resumed: partial times
     for (n, _seed), run in ens.groupby(["ranks", "seed"]):
         over = bool(run["oversubscribed"].iloc[0])
         fits = run.sort_values("rank")["fit_seconds"].to_numpy()
@@ -233,6 +234,36 @@ def voting_figure(stats, path):
     save(fig, path)
 
 
+def read_histories(labelled):
+    """`labelled`: (label, history.csv path) pairs -> one frame; a label's files (an ensemble's ranks, the seeds)
+    are averaged per epoch by `training_curves_figure`."""
+    frames = [pd.read_csv(path).assign(label=label) for label, path in labelled]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["label", "epoch"])
+
+
+def training_curves_figure(histories, path):
+    """Loss and accuracy per epoch, training (solid) and validation (dashed), one colour per method and N; an
+    ensemble's curve is the mean over its members (and every curve the mean over seeds)."""
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.5))
+    curves = histories.groupby(["label", "epoch"], sort=True).mean(numeric_only=True).reset_index()
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, (label, curve) in enumerate(curves.groupby("label", sort=True)):
+        color = colors[i % len(colors)]
+        for ax, metric in ((ax1, "loss"), (ax2, "accuracy")):
+            ax.plot(curve["epoch"], curve[metric], "o-", color=color, ms=3, label=f"{label}, training")
+            if curve.get(f"val_{metric}") is not None and curve[f"val_{metric}"].notna().any():
+                ax.plot(curve["epoch"], curve[f"val_{metric}"], "s--", color=color, ms=3, mfc="white",
+                        label=f"{label}, validation")
+    ax1.set(xlabel="epoch", ylabel="loss (sparse categorical cross-entropy)", yscale="log")
+    ax2.set(xlabel="epoch", ylabel="accuracy")
+    for ax in (ax1, ax2):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+    ax2.legend(fontsize=6, ncol=2)
+    fig.suptitle("Training curves per method and N (ensemble: mean over its members; mean over seeds)")
+    save(fig, path)
+
+
 FIGURES = {
     "fig_sequential": lambda t: sequential_figure(t["stats"], t["paper"], t["out"]),
     "fig_scaling": lambda t: scaling_figure(t["stats"], t["paper"], t["out"]),
@@ -240,13 +271,16 @@ FIGURES = {
     "fig_rank_times": lambda t: rank_times_figure(t["rank_times"], t["out"]),
     "fig_methods": lambda t: methods_figure(t["stats"], t["out"]),
     "fig_voting": lambda t: voting_figure(t["stats"], t["out"]),
+    "fig_training_curves": lambda t: training_curves_figure(t["histories"], t["out"]),
 }
 
 
-def figures(stats_path, rank_times_path, paper_path, outputs):
-    """Draw every figure named in `outputs` ({figure key: path}) from the summarize stage's tables."""
+def figures(stats_path, rank_times_path, paper_path, outputs, histories=()):
+    """Draw every figure named in `outputs` ({figure key: path}) from the summarize stage's tables and the models'
+    histories ((label, history.csv) pairs)."""
     tables = {"stats": pd.read_csv(stats_path, dtype={"threads": str}),
               "rank_times": pd.read_csv(rank_times_path),
-              "paper": pd.read_csv(paper_path, dtype={"cores": str})}
+              "paper": pd.read_csv(paper_path, dtype={"cores": str}),
+              "histories": read_histories(histories)}
     for key, path in outputs.items():
         FIGURES[key]({**tables, "out": path})

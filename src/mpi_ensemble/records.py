@@ -22,7 +22,8 @@ ISA_PREFIXES = ("sse4", "avx", "fma", "amx")
 HOST_KEYS = ("host", "cpu_model", "cpu_count", "isa_flags", "versions", "scheduler")
 # What a result keeps of each rank record: its timing, memory and placement.
 RANK_TIMING_KEYS = ("rank", "fit_seconds", "epoch_seconds", "fit_cpu_seconds", "cpu_seconds", "wall_seconds",
-                    "peak_rss_mib", "train_images", "host")
+                    "peak_rss_mib", "train_images", "host", "resumed_from_epoch", "checkpoint_seconds",
+                    "weights_sha256")
 
 
 def cpu_model():
@@ -95,8 +96,10 @@ def rank_record(method, rank, ranks, seed, settings, threads, job_cores, started
     """What one training process (a rank, or the sequential run as rank 0 of 1) measured, and on what.
 
     `started` is the process's perf_counter at start, `facts` what training.fit returned; `threads` None means
-    TensorFlow's default (every core of the job)."""
+    TensorFlow's default (every core of the job). `resumed_from_epoch` is the epochs a checkpoint supplied (0: this
+    process trained every epoch), so the times of a resumed process cover only the epochs after it."""
     return {
+        "resumed_from_epoch": 0,
         "method": method, "rank": rank, "ranks": ranks, "seed": seed, "settings": settings,
         "precision": settings["precision"], "job_cores": job_cores,
         "oversubscribed": threads is not None and runtime.is_oversubscribed(ranks, threads, job_cores),
@@ -121,7 +124,8 @@ def result_record(method, members, metrics, ties=0, member_accuracy=None, **extr
     """One method's result on the test set, from the rank records of the processes that trained its model(s).
 
     Every method uses it (sequential, ensemble votes, single_shard, data_parallel), so every result has the
-    same fields; `ranks` is the world size of the training job, `rank_timing` one entry per member process."""
+    same fields; `ranks` is the world size of the training job, `rank_timing` one entry per member process;
+    `resumed_from_epoch` the most epochs any member took from a checkpoint (0: a clean, uninterrupted timing)."""
     first = members[0]
     threads = first["thread_settings"]["threads"]
     return {
@@ -130,6 +134,7 @@ def result_record(method, members, metrics, ties=0, member_accuracy=None, **extr
         "cores_used": cores_used(len(members), threads, first["job_cores"]),
         "oversubscribed": first["oversubscribed"],
         "metrics": metrics, "ties": int(ties),
+        "resumed_from_epoch": max(int(m.get("resumed_from_epoch") or 0) for m in members),
         "member_accuracy": [float(a) for a in (member_accuracy or [metrics["accuracy"]])],
         "rank_timing": [
             {**{k: m.get(k) for k in RANK_TIMING_KEYS}, "affinity": m["thread_settings"]["affinity"]}

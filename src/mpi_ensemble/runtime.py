@@ -6,6 +6,7 @@ import re
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 PRECISIONS = ("float32", "mixed_bfloat16")
 BF16_FLAGS = ("avx512_bf16", "amx_bf16")
@@ -313,3 +314,45 @@ def bind_self(threads):
         return
     allowed = sorted(os.sched_getaffinity(0))
     os.sched_setaffinity(0, allowed[:threads])
+
+
+# MPICH names a node's shared-memory segments after a hash of the job's PMI name, which under srun is
+# "<job id>.<step id>". A preempted job that SLURM requeues keeps its job id and starts again at step 0, so its
+# ranks find the segments its killed ranks left behind, attach to them as if a live rank had made them, and MPI_Init
+# fails ("UCX ERROR failed to unpack address"). Removing the ones no process maps before the launch avoids that.
+MPICH_SEGMENTS = ("mpich_shm_", "mpich_vci_")
+
+
+def mapped_files(proc="/proc"):
+    """Paths that any process we may inspect has mapped (an open segment is mapped by the rank that uses it)."""
+    mapped = set()
+    for entry in Path(proc).iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            text = (entry / "maps").read_text()
+        except OSError:  # gone, or another user's
+            continue
+        mapped.update(line.split(None, 5)[5].strip() for line in text.splitlines() if len(line.split(None, 5)) == 6)
+    return mapped
+
+
+def stale_mpich_segments(shm_dir="/dev/shm", mapped=None):
+    """This user's MPICH shared-memory segments in `shm_dir` that no process maps: left by killed ranks."""
+    folder = Path(shm_dir)
+    if not folder.is_dir():
+        return []
+    mapped = mapped_files() if mapped is None else mapped
+    return sorted(p for p in folder.iterdir() if p.name.startswith(MPICH_SEGMENTS) and p.is_file()
+                  and p.stat().st_uid == os.getuid() and str(p) not in mapped)
+
+
+def remove_stale_mpich_segments(shm_dir="/dev/shm"):
+    removed = []
+    for path in stale_mpich_segments(shm_dir):
+        try:
+            path.unlink()
+            removed.append(path)
+        except OSError:
+            continue
+    return removed

@@ -3,6 +3,10 @@ the differences against the seed spread, the paper comparison, the per-rank time
 tables as HTML for the Snakemake report. Built once, with pandas.
 
 Standard deviations are sample standard deviations over seeds (ddof=1), empty with a single seed.
+
+A result whose training resumed from a checkpoint (`resumed_from_epoch` > 0) keeps its accuracy (the model is
+bitwise the uninterrupted one's) but its times cover only part of the training: summary.csv shows them with that
+column, and the statistics, relative columns and figures leave them out (`n_resumed` counts them).
 """
 
 import html
@@ -14,7 +18,7 @@ from . import atomic, model, records
 
 METRICS = ("accuracy", "precision", "recall", "f1")
 COLUMNS = [
-    "method", "ranks", "seed", "threads", "cores_used", "oversubscribed", "compute_precision",
+    "method", "ranks", "seed", "threads", "cores_used", "oversubscribed", "compute_precision", "resumed_from_epoch",
     *METRICS, "member_accuracy_mean", "ties",
     "fit_seconds_mean", "fit_seconds_max", "train_job_seconds", "job_seconds",
     "time_decrease_pct", "speedup", "efficiency", "job_speedup",
@@ -28,6 +32,9 @@ STAT_METRICS = (
     "job_seconds", "time_decrease_pct", "speedup", "efficiency", "job_speedup", "images_per_second_per_core",
     "gflops_per_core", "rank_peak_rss_mib", "train_job_max_rss_mib",
 )
+# The columns a resumed training job does not measure in full.
+TIMING = ("fit_seconds_mean", "fit_seconds_max", "train_job_seconds", "job_seconds", "time_decrease_pct", "speedup",
+          "efficiency", "job_speedup", "cpu_seconds", "images_per_second_per_core", "gflops_per_core")
 DIFF_METRICS = ("accuracy", "fit_seconds_max")
 DIFF_COLUMNS = ["metric", "ranks", "method", "threads", "reference", "mean", "reference_mean", "difference",
                 "spread", "n_seeds", "exceeds_spread"]
@@ -54,6 +61,7 @@ def summary_row(result, benchmarks):
     return {
         **{k: result[k] for k in ("method", "ranks", "seed", "threads", "cores_used", "oversubscribed", "ties")},
         "compute_precision": result["precision"],
+        "resumed_from_epoch": int(result.get("resumed_from_epoch") or 0),
         **{k: result["metrics"][k] for k in METRICS},
         "member_accuracy_mean": sum(result["member_accuracy"]) / len(result["member_accuracy"]),
         "fit_seconds_mean": timing["fit_seconds"].mean(),
@@ -68,10 +76,20 @@ def summary_row(result, benchmarks):
     }
 
 
+def clean_timings(frame):
+    """`frame` with the timing columns of resumed jobs emptied: partial times never pass for clean ones."""
+    out = frame.copy()
+    resumed = out["resumed_from_epoch"] > 0
+    for column in TIMING:
+        if column in out:
+            out[column] = out[column].astype(float).mask(resumed)
+    return out
+
+
 def add_relative_columns(frame):
     """The paper's metric against the all-threads baseline it ran; speed-ups against the honest 1-thread baseline,
-    per core used. A row's baselines are the sequential runs of its seed."""
-    seq = frame[frame["method"] == "sequential"]
+    per core used. A row's baselines are the sequential runs of its seed (a resumed baseline gives none)."""
+    seq = clean_timings(frame[frame["method"] == "sequential"])
     base_all = seq[seq["threads"].astype(str) == "all"].set_index("seed")
     base_one = seq[seq["threads"].astype(str) == "1"].set_index("seed")
     out = frame.copy()
@@ -106,20 +124,24 @@ def summary_table(results):
 def rank_times(results):
     """One row per training process: its fit() time, by method, world size and seed."""
     rows = [{"method": r["method"], "ranks": r["ranks"], "seed": r["seed"], "oversubscribed": r["oversubscribed"],
-             "rank": t["rank"], "fit_seconds": t["fit_seconds"], "host": t.get("host")}
+             "rank": t["rank"], "fit_seconds": t["fit_seconds"], "host": t.get("host"),
+             "resumed_from_epoch": int(r.get("resumed_from_epoch") or 0)}  # the job: its phase time is partial
             for r, _ in results if r["method"] in ("sequential", "ensemble_majority", "data_parallel")
             for t in r["rank_timing"]]
-    return pd.DataFrame(rows, columns=["method", "ranks", "seed", "oversubscribed", "rank", "fit_seconds", "host"])
+    return pd.DataFrame(rows, columns=["method", "ranks", "seed", "oversubscribed", "rank", "fit_seconds", "host",
+                                       "resumed_from_epoch"])
 
 
 # --- statistics over seeds ------------------------------------------------------------------------------------
 
 
 def group_stats(summary):
-    """One row per (method, ranks, threads): n_seeds, and {metric}_mean / {metric}_sd (sample sd, ddof=1)."""
-    frame = summary.assign(threads=summary["threads"].astype(str))
+    """One row per (method, ranks, threads): n_seeds, n_resumed, and {metric}_mean / {metric}_sd (sample sd, ddof=1);
+    the timings of resumed jobs are left out."""
+    frame = clean_timings(summary.assign(threads=summary["threads"].astype(str)))
     grouped = frame.groupby(GROUP, sort=False, dropna=False)
     stats = grouped["seed"].nunique().rename("n_seeds").to_frame()
+    stats["n_resumed"] = grouped["resumed_from_epoch"].agg(lambda epochs: int((epochs > 0).sum()))
     for metric in STAT_METRICS:
         values = grouped[metric].agg(["mean", "std"])  # pandas' std is the sample sd (ddof=1), NaN for one value
         stats[f"{metric}_mean"], stats[f"{metric}_sd"] = values["mean"], values["std"]

@@ -136,6 +136,14 @@ TRAINING_ARGS = (
 )
 
 
+def checkpoint_dir(wildcards, output):
+    """Where a training job keeps its per-epoch checkpoints: results/checkpoints/ + its output folder below
+    results/. Outside the job's outputs, which Snakemake deletes when the job fails; the job deletes them itself
+    once it succeeded (docs/faults.md)."""
+    folder = Path(os.path.dirname(output[0]))
+    return str(Path("results", "checkpoints", *folder.parts[1:]))
+
+
 def rank_files(wildcards):
     """The saved members of one ensemble job and their rank records."""
     members = range(int(wildcards.ranks))
@@ -211,3 +219,33 @@ def saved_models():
         seed=SEEDS,
     )
     return members + baselines
+
+
+def histories():
+    """(label, history.csv) of every trained model, for the training-curves figure; an ensemble's members (and
+    every label's seeds) share a label and are averaged."""
+    out = []
+    for s in SEEDS:
+        for t in BASELINE_THREADS:
+            out.append(
+                (f"sequential/threads:{t}", f"results/sequential/threads{t}/seed{s}/history.csv")
+            )
+        for n in RANKS:
+            out += [
+                (
+                    f"ensemble_member/N:{n}",
+                    f"results/models/ranks{n}/seed{s}/rank{r}_history.csv",
+                )
+                for r in range(n)
+            ]
+            if n in CONTROL_RANKS:
+                out.append(
+                    (
+                        f"data_parallel/N:{n}",
+                        f"results/data_parallel/ranks{n}/seed{s}/history.csv",
+                    )
+                )
+    return out
+
+
+HISTORIES = histories()

@@ -38,11 +38,13 @@ rule summarize:
 
 
 rule figures:
-    """The paper's figures with its values beside ours, the speed-up, per-rank times and the methods."""
+    """The paper's figures with its values beside ours, the speed-up, per-rank times, the methods and the
+    training curves."""
     input:
         stats="results/summary_stats.csv",
         rank_times="results/rank_times.csv",
         paper="paper/reported_results.csv",
+        histories=[path for _, path in HISTORIES],
     output:
         fig_sequential=report(
             "results/figures/fig5_sequential.png", caption="../report/fig5.rst", category="Figures"
@@ -68,16 +70,24 @@ rule figures:
             caption="../report/fig_voting.rst",
             category="Figures",
         ),
+        fig_training_curves=report(
+            "results/figures/training_curves.png",
+            caption="../report/training_curves.rst",
+            category="Figures",
+        ),
     log:
         "logs/figures.log",
     conda:
         "../../envs/summarize.yaml"
+    params:
+        histories=" ".join(f"{label}={path}" for label, path in HISTORIES),
     shell:
         "python -m mpi_ensemble figures --stats {input.stats} --rank-times {input.rank_times} "
         "--paper {input.paper} --fig-sequential {output.fig_sequential} "
         "--fig-scaling {output.fig_scaling} --fig-speedup {output.fig_speedup} "
         "--fig-rank-times {output.fig_rank_times} --fig-methods {output.fig_methods} "
-        "--fig-voting {output.fig_voting} > {log} 2>&1"
+        "--fig-voting {output.fig_voting} --fig-training-curves {output.fig_training_curves} "
+        "--histories {params.histories} > {log} 2>&1"
 
 
 rule tables:

@@ -10,6 +10,7 @@ rule train_sequential:
     output:
         model="results/sequential/threads{threads}/seed{seed}/model.keras",
         result="results/sequential/threads{threads}/seed{seed}/result.json",
+        history="results/sequential/threads{threads}/seed{seed}/history.csv",
     log:
         "logs/train_sequential/threads{threads}/seed{seed}.log",
     benchmark:
@@ -22,14 +23,20 @@ rule train_sequential:
     threads: CORES
     params:
         training=TRAINING_ARGS,
+        checkpoints=checkpoint_dir,
     shell:
         "python -m mpi_ensemble train_sequential --threads {wildcards.threads} --job-cores {threads} "
         "--seed {wildcards.seed} --train-x {input.train_x} --train-y {input.train_y} "
         "--test-x {input.test_x} --test-y {input.test_y} {params.training} "
-        "--model {output.model} --result {output.result} > {log} 2>&1"
+        "--model {output.model} --result {output.result} --history {output.history} "
+        "--checkpoint-dir {params.checkpoints} > {log} 2>&1"
 
 
-# One rule per world size N: each rank writes its own model and rank record, so the outputs are listed
+# Every training job saves a checkpoint per rank after each epoch under results/checkpoints/ (checkpoint_dir)
+# and a rerun resumes from it; each rank prints one progress line per epoch to the job's log. MPI jobs first
+# remove the MPICH shared-memory segments killed ranks left: a requeued SLURM job would attach to its own.
+
+# One rule per world size N: each rank writes its own model, history and rank record, so the outputs are listed
 # exactly and a lost or damaged model file reruns just the job that made it.
 for n in RANKS:
 
@@ -46,6 +53,11 @@ for n in RANKS:
             records=expand(
                 "results/models/ranks{n}/seed{{seed}}/rank{rank}.json", n=n, rank=range(n)
             ),
+            histories=expand(
+                "results/models/ranks{n}/seed{{seed}}/rank{rank}_history.csv",
+                n=n,
+                rank=range(n),
+            ),
         log:
             f"logs/train_mpi/ranks{n}/seed{{seed}}.log",
         benchmark:
@@ -61,11 +73,13 @@ for n in RANKS:
             out_dir=lambda wc, output: os.path.dirname(output.models[0]),
             launch=launch_prefix,
             training=TRAINING_ARGS,
+            checkpoints=checkpoint_dir,
         shell:
+            "{{ python -m mpi_ensemble clean_shm && "
             "{params.launch} python -m mpi4py -m mpi_ensemble train_mpi_ranks "
             "--threads {resources.cpus_per_task} --job-cores {threads} --seed {wildcards.seed} "
             "--train-x {input.train_x} --train-y {input.train_y} {params.training} "
-            "--out-dir {params.out_dir} > {log} 2>&1"
+            "--out-dir {params.out_dir} --checkpoint-dir {params.checkpoints}; }} > {log} 2>&1"
 
 
 # The same per world size for synchronous data-parallel training (one model, gradients allreduced every step).
@@ -79,6 +93,7 @@ for n in CONTROL_RANKS:
         output:
             model=f"results/data_parallel/ranks{n}/seed{{seed}}/model.keras",
             result=f"results/data_parallel/ranks{n}/seed{{seed}}/result.json",
+            history=f"results/data_parallel/ranks{n}/seed{{seed}}/history.csv",
             records=expand(
                 "results/data_parallel/ranks{n}/seed{{seed}}/rank{rank}.json", n=n, rank=range(n)
             ),
@@ -97,8 +112,11 @@ for n in CONTROL_RANKS:
             out_dir=lambda wc, output: os.path.dirname(output.model),
             launch=launch_prefix,
             training=TRAINING_ARGS,
+            checkpoints=checkpoint_dir,
         shell:
+            "{{ python -m mpi_ensemble clean_shm && "
             "{params.launch} python -m mpi4py -m mpi_ensemble train_data_parallel "
             "--threads {resources.cpus_per_task} --job-cores {threads} --seed {wildcards.seed} "
             "--train-x {input.train_x} --train-y {input.train_y} --test-x {input.test_x} "
-            "--test-y {input.test_y} {params.training} --out-dir {params.out_dir} > {log} 2>&1"
+            "--test-y {input.test_y} {params.training} --out-dir {params.out_dir} "
+            "--checkpoint-dir {params.checkpoints}; }} > {log} 2>&1"
