@@ -257,7 +257,7 @@ def lost_node_fails_and_reruns(work, nodes, tmp_path):
     try:
         marker = Path(f"{held}.rank1")
         wait_until(marker.exists, "held rank", 240, proc)
-        lost = node_of(nodes, int(marker.read_text()))
+        lost = node_of(nodes, int(marker.read_text().split()[0]))  # the held rank's PID
         [job_id] = submitted_rules(log_path.read_text())["train_mpi_ranks2"]
         lost_at = time.monotonic()
         killed = nodes.lose_node(lost)
