@@ -22,11 +22,13 @@ localrules:
     fetch_data,
     ensemble,
     vote_variants,
+    weight_average,
     single_shard,
     summarize,
     figures,
     tables,
     method_table,
+    audit,
 
 
 rule all:
@@ -37,3 +39,4 @@ rule all:
         rules.tables.output,
         expand("results/tables/methods/{method}.html", method=METHODS),
         saved_models(),
+        rules.audit.output,

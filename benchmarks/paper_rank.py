@@ -90,6 +90,7 @@ def main():
         "cpu_seconds": usage.ru_utime + usage.ru_stime,
         "peak_rss_mib": usage.ru_maxrss / 1024.0,
         "train_images": int(np.floor((end - start) * 0.8)),
+        "validation_images": (end - start) - int(np.floor((end - start) * 0.8)),
         "member_accuracy": float((predictions == y_test).mean()),
     }
     records = comm.gather(record, root=0)

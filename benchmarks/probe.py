@@ -36,7 +36,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 import scaling  # noqa: E402  (the scaling benchmark's jobs and the matrix-multiply probe worker)
 from mpi_ensemble import model, records, runtime  # noqa: E402
 
-FLOPS = model.training_flops_per_image()
+FLOPS = model.training_flops_per_image()  # per training image; model.gflops adds the validation passes
 AVX2_CAP = {"ONEDNN_MAX_CPU_ISA": "AVX2"}
 # The AVX2 kind's matrix-multiply limit on an AVX-512 CPU: OpenBLAS' Haswell (AVX2 + FMA) kernels.
 AVX2_BLAS = {"OPENBLAS_CORETYPE": "Haswell"}
@@ -126,7 +126,8 @@ def worker(folder, train_images, seed, core):
         net, facts = training.fit(keras, x, y, seed, settings, callbacks=[CpuTimer()])
     test_x, test_y = np.load(Path(folder) / "test_x.npy"), np.load(Path(folder) / "test_y.npy")
     accuracy = float((training.predict(net, test_x).argmax(axis=1) == test_y).mean())
-    print(json.dumps({"wall_s": facts["epoch_seconds"][-1], "cpu_s": CpuTimer.seconds[-1], "images": len(x),
+    print(json.dumps({"wall_s": facts["epoch_seconds"][-1], "cpu_s": CpuTimer.seconds[-1],
+                      "images": facts.get("train_images", len(x)), "validation_images": facts.get("validation_images", 0),
                       "runqueue_s": CpuTimer.waits[-1],
                       "accuracy": accuracy, "kernel_settings": runtime.kernel_settings()}))
 
@@ -180,9 +181,14 @@ def last_json(stdout):
 
 def train_once(folder, env, train_images, seed, core):
     out = run_python(worker_args(folder, train_images, seed, core), clean_env(env))
-    result = last_json(out.stdout)
-    result["gflops"] = result["images"] * FLOPS / result["wall_s"] / 1e9
-    result["cpu_gflops"] = result["images"] * FLOPS / result["cpu_s"] / 1e9
+    return rates(last_json(out.stdout))
+
+
+def rates(result):
+    """A measurement's GFLOP/s per wall and per CPU second: summary.csv's formula (model.gflops) for the one epoch
+    timed, with the validation passes its time holds (none in the probe's own runs)."""
+    for key, seconds in (("gflops", "wall_s"), ("cpu_gflops", "cpu_s")):
+        result[key] = model.gflops(result["images"], result.get("validation_images", 0), 1, result[seconds])
     result["busy"] = result["cpu_s"] / result["wall_s"]  # < 1 on a quiet machine: the core sat idle (a stall)
     result["waited"] = result["runqueue_s"] / result["wall_s"]  # > 0: other load held the core
     return result
@@ -307,7 +313,6 @@ def scaling_rows(args, work, cores, pairs):
             runs.append(bench.ours(cores, rep, "float32", env=ours_env, label="ours" + suffix, score=False))
     rows = scaling.median_rows(runs)
     for row in rows:
-        row["gflops_core"] = row["img_s_core"] * FLOPS / 1e9
         row["img_s_core_spread"] = spread([r["img_s_core"] for r in runs if r["impl"] == row["impl"]], "{:.0f}")
     return rows, runs
 

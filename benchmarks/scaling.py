@@ -151,10 +151,13 @@ class Bench:
         fit_max = max(r["fit_seconds"] for r in records)
         used = min(n * (self.cores if threads == "all" else threads), self.cores)
         images = sum(r["train_images"] for r in records) * self.args.epochs
+        validated = sum(r.get("validation_images") or 0 for r in records)
         return {
             "impl": impl, "ranks": n, "threads": threads, "precision": precision, "cores_used": used,
             "fit_s": fit_max, "fit_s_mean": statistics.mean(r["fit_seconds"] for r in records),
             "img_s_core": images / fit_max / used,
+            # summary.csv's formula: every training step and validation pass the fit time holds.
+            "gflops_core": model.gflops(images / self.args.epochs, validated, self.args.epochs, fit_max) / used,
             "cpu_s": sum(r["cpu_seconds"] for r in records),
             "fit_cpu_s": sum(r.get("fit_cpu_seconds", float("nan")) for r in records),
             "img_cpu_s": images / sum(r.get("fit_cpu_seconds", float("nan")) for r in records),
@@ -181,8 +184,8 @@ def median_rows(runs):
     for key, group in groups.items():
         row = dict(zip(("impl", "ranks", "threads", "precision"), key), cores_used=group[0]["cores_used"],
                    repeats=len(group), accuracy=next((g["accuracy"] for g in group if g["accuracy"] is not None), None))
-        for field in ("fit_s", "fit_s_mean", "img_s_core", "cpu_s", "fit_cpu_s", "img_cpu_s", "rss_mb", "job_s",
-                      "warmup_s"):
+        for field in ("fit_s", "fit_s_mean", "img_s_core", "gflops_core", "cpu_s", "fit_cpu_s", "img_cpu_s",
+                      "rss_mb", "job_s", "warmup_s"):
             values = [g[field] for g in group if g.get(field) is not None]
             row[field] = statistics.median(values) if values else None
         rows.append(row)
@@ -304,9 +307,6 @@ def main(argv=None):
                     runs.append(bench.ours(1, rep, precision, threads=1))
             print(f"# repeat {rep + 1}/{args.repeats} done", flush=True)
     rows = median_rows(runs)
-    flops = model.training_flops_per_image()
-    for row in rows:
-        row["gflops_core"] = row["img_s_core"] * flops / 1e9
     rows.sort(key=lambda r: (r["ranks"], r["impl"], str(r["threads"]), r["precision"]))
     print()
     print(table(rows, COLUMNS))

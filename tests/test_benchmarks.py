@@ -124,3 +124,34 @@ def test_probe_rows_judge_every_repeat_against_the_limit_and_pair_seeds():
     assert avx2["met"] == "NO" and avx2["fraction"] == pytest.approx(50 / 80)  # one slow repeat fails the target
     assert avx2["same_seed_diff"] == pytest.approx(-0.02 / 3) and auto["same_seed_diff"] == 0
     assert auto["accuracy_sd"] == pytest.approx(0.01)
+
+
+def test_probe_scaling_and_summary_share_one_gflops_formula(tmp_path):
+    """The same 2-rank run (records of 24,000 training and 6,000 validated images per rank, 5 epochs, slowest rank
+    40 s, 1 core each) gives the same GFLOP/s per core in summary.csv, in the scaling benchmark and, for one rank's
+    one epoch, in the probe: every training step and every validation pass its fit time holds."""
+    import json
+
+    from mpi_ensemble import model, summarize
+
+    records = [{"rank": r, "fit_seconds": 40.0 - r, "train_images": 24000, "validation_images": 6000,
+                "cpu_seconds": 80.0, "fit_cpu_seconds": 70.0, "peak_rss_mib": 700.0, "wall_seconds": 45.0,
+                "epoch_seconds": [9.0, 8.0, 8.0, 8.0, 7.0]} for r in range(2)]
+    bench_file = tmp_path / "train.tsv"
+    bench_file.write_text("s\tmax_rss\n50\t1400\n")
+    result = {"method": "ensemble_majority", "ranks": 2, "seed": 0, "threads": 1, "cores_used": 2,
+              "oversubscribed": False, "ties": 0, "precision": "float32", "epochs": 5, "batch_size": 64,
+              "metrics": dict.fromkeys(("accuracy", "precision", "recall", "f1"), 0.9), "member_accuracy": [0.9],
+              "rank_timing": records}
+    summary = summarize.summary_table([(result, [str(bench_file)])]).iloc[0]
+    args = load_script().parse_args(["--epochs", "5"])
+    bench = type("Bench", (), {"args": args, "cores": 2})()
+    scaling = load_script().Bench.measure(bench, "ours", 2, 1, "float32", records, 50.0, 0.9)
+    one_epoch = load_probe().rates({"images": 24000, "validation_images": 6000, "wall_s": 8.0, "cpu_s": 8.0,
+                                    "runqueue_s": 0.0})
+    per_core = (24000 * model.training_flops_per_image() + 6000 * model.forward_flops()) * 2 * 5 / 40.0 / 2 / 1e9
+    assert summary["gflops_per_core"] == pytest.approx(per_core) == pytest.approx(scaling["gflops_core"])
+    assert one_epoch["gflops"] == pytest.approx(model.gflops(24000, 6000, 1, 8.0))
+    # Training images alone would understate it by the validation passes' share, about 7 % at validation_split 0.2.
+    assert 0.06 < 1 - 24000 * model.training_flops_per_image() / model.fit_flops(24000, 6000) < 0.09
+    json.dumps(scaling)

@@ -31,7 +31,7 @@ from mpi_ensemble import data
 
 pytestmark = pytest.mark.workflow
 
-FAULTS = ["max_train_images=2000", "max_test_images=500", "epochs=1", "ranks=[2,3]", "seeds=[0]",
+FAULTS = ["max_train_images=2000", "max_test_images=500", "epochs=1", "ranks=[2,3]", "seeds=[0]", "local_sgd_periods=[]",
           "baseline_threads=[1]"]
 FILES = ["train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz",
          "t10k-labels-idx1-ubyte.gz"]

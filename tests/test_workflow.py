@@ -4,6 +4,7 @@ wrong config, the plan for several seeds, another dataset, lint."""
 
 import html
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -17,9 +18,13 @@ from conftest import BIN, ROOT, SMOKE, project_copy, skip_unless_required, snake
 from test_data import FASHION_DIR, fashion_files_or_skip
 
 PAPER_METHODS = ("sequential", "ensemble_majority")
-NEW_METHODS = ("ensemble_soft", "ensemble_majority_tiebreak", "single_shard", "data_parallel")
+NEW_METHODS = ("ensemble_soft", "ensemble_majority_tiebreak", "weight_average_by_test", "weight_average_by_validation",
+               "single_shard", "data_parallel", "weight_average_shared_start", "local_sgd")
 FIGURES = {"fig5_sequential.png", "fig6_scaling.png", "fig_methods.png", "fig_voting.png", "speedup.png",
-           "rank_times.png", "training_curves.png"}
+           "rank_times.png", "training_curves.png", "fig_communication.png", "fig_cost.png"}
+METHODS = ("sequential", "ensemble_majority", "ensemble_soft", "ensemble_majority_tiebreak", "weight_average_by_test",
+           "weight_average_by_validation", "single_shard", "data_parallel", "weight_average_shared_start",
+           "local_sgd")
 
 
 def read_csv(path):
@@ -40,13 +45,15 @@ def by_method(rows):
 @pytest.mark.workflow
 def test_summary_rows_of_every_method(smoke_run):
     rows = summary_of(smoke_run)
-    assert set(zip(rows.method, rows.ranks, rows.threads)) == {
-        ("sequential", 1, "1"), ("sequential", 1, "all"),
-        *{(m, n, str(2 // n)) for m in ("ensemble_majority", "ensemble_soft", "ensemble_majority_tiebreak",
-                                        "data_parallel") for n in (1, 2)},
-        ("single_shard", 2, "1"),
+    assert set(zip(rows.method, rows.ranks, rows.threads, rows.period.fillna(""))) == {
+        ("sequential", 1, "1", ""), ("sequential", 1, "all", ""),
+        *{(m, n, str(2 // n), "") for m in ("ensemble_majority", "ensemble_soft", "ensemble_majority_tiebreak",
+                                            "weight_average_by_test", "weight_average_by_validation",
+                                            "data_parallel") for n in (1, 2)},
+        ("single_shard", 2, "1", ""), ("weight_average_shared_start", 2, "1", "end"),
+        ("local_sgd", 2, "1", "16"), ("local_sgd", 2, "1", "epoch"),
     }
-    for row in rows.itertuples():
+    for row in rows[~rows.method.str.startswith("weight_average_by")].itertuples():
         assert 0.5 < row.accuracy <= 1.0, row  # chance is 0.1
         assert 0 < row.fit_seconds_mean <= row.fit_seconds_max < row.train_job_seconds <= row.job_seconds
         assert not row.oversubscribed and row.compute_precision == "float32" and row.cores_used >= 1
@@ -70,6 +77,47 @@ def test_summary_rows_of_every_method(smoke_run):
     rank0 = json.loads((smoke_run / "results/models/ranks2/seed0/rank0.json").read_text())
     assert by[("single_shard", 2)].train_job_seconds == pytest.approx(rank0["wall_seconds"], rel=1e-5)
     assert by[("single_shard", 2)].train_job_seconds < ens2.train_job_seconds
+
+
+@pytest.mark.workflow
+def test_methods_that_talk_count_what_they_sent(smoke_run):
+    """1 epoch of 2,400 images per rank at N = 2 (38 local steps of 64): local SGD averaging every 16 steps does
+    it twice in the epoch and once more at the end, 373,288 bytes (the model) each time; averaging at the epoch's
+    end is, for one epoch, the one-shot average from the shared start, bit for bit; data-parallel training
+    allreduces every one of its 75 global steps, plus the validation; the ensemble sends nothing."""
+    rows = summary_of(smoke_run).fillna({"period": ""})
+    row = {(r.method, r.ranks, r.period): r for r in rows.itertuples()}
+    model_bytes = 93322 * 4
+    k16, epoch, shared = row[("local_sgd", 2, "16")], row[("local_sgd", 2, "epoch")], \
+        row[("weight_average_shared_start", 2, "end")]
+    assert (k16.steps_per_epoch, k16.averagings_per_epoch, k16.allreduces_per_rank) == (38, 2, 3)
+    assert k16.allreduce_bytes_per_rank == 3 * model_bytes
+    assert (epoch.averagings_per_epoch, epoch.allreduces_per_rank, epoch.allreduce_bytes_per_rank) == (1, 1, model_bytes)
+    assert (shared.averagings_per_epoch, shared.allreduces_per_rank) == (0, 1)
+    sums = [json.loads((smoke_run / f"results/{m}/seed0/result.json").read_text())["rank_timing"][0]["weights_sha256"]
+            for m in ("local_sgd/periodepoch/ranks2", "weight_average_shared_start/ranks2")]
+    assert sums[0] == sums[1] and epoch.accuracy == shared.accuracy
+    dp = row[("data_parallel", 2, "")]
+    assert (dp.steps_per_epoch, dp.averagings_per_epoch, dp.allreduces_per_rank) == (75, 75, 76)
+    assert dp.allreduce_bytes_per_rank == 75 * (93322 + 2) * 4 + 2 * 8
+    assert row[("ensemble_majority", 2, "")].allreduces_per_rank == 0
+    assert row[("ensemble_majority", 2, "")].averagings_per_epoch == 0
+
+
+@pytest.mark.workflow
+def test_one_shot_weight_averages(smoke_run):
+    """The members' weights averaged once: of one member, the member itself; of two, weighted by their test
+    accuracies (the paper's code) or by their last validation accuracies, as each result says."""
+    rows = summary_of(smoke_run)
+    one = rows[rows.ranks == 1].set_index("method")
+    for method in ("weight_average_by_test", "weight_average_by_validation"):
+        assert one.loc[method, "accuracy"] == one.loc["ensemble_majority", "accuracy"]
+    members = [json.loads((smoke_run / f"results/models/ranks2/seed0/rank{r}.json").read_text()) for r in range(2)]
+    ensemble = json.loads((smoke_run / "results/ensemble_majority/ranks2/seed0/result.json").read_text())
+    by_test = json.loads((smoke_run / "results/weight_average_by_test/ranks2/seed0/result.json").read_text())
+    by_val = json.loads((smoke_run / "results/weight_average_by_validation/ranks2/seed0/result.json").read_text())
+    assert by_test["averaging_weights"] == pytest.approx(ensemble["member_accuracy"])
+    assert by_val["averaging_weights"] == pytest.approx([m["history"]["val_accuracy"][-1] for m in members])
 
 
 @pytest.mark.workflow
@@ -161,6 +209,59 @@ def test_figures_and_provenance(smoke_run):
     prov = json.loads((smoke_run / "results" / "provenance.json").read_text())
     assert prov["cpu_model"] and prov["versions"]["tensorflow-cpu"] and prov["mpi_library"] and prov["isa_flags"]
     assert prov["kernel_settings"]["cpu_kind"] in ("avx2", "avx512") and prov["kernel_settings"]["cpu_tuning"] == "auto"
+
+
+@pytest.mark.workflow
+def test_the_run_audits_itself_clean(smoke_run):
+    """The workflow's last rule recomputes every number it saved and finds nothing to disagree with."""
+    verdict = (smoke_run / "results" / "audit.txt").read_text()
+    assert verdict.startswith("audit: clean (") and len(verdict.splitlines()) == 1, verdict
+    checked = {k: int(v) for v, k in re.findall(
+        r"(\d+) (models|results|summary cells|statistics cells|figures|tables)", verdict)}
+    # 1 + 2 ensemble members, 2 sequential, 2 data-parallel, 2 local SGD, 1 shared start, 4 weight averages
+    assert checked["models"] == 14 and checked["results"] == len(summary_of(smoke_run)) == 18
+    assert checked["summary cells"] == 18 * len(summary_of(smoke_run).columns)
+    assert checked["statistics cells"] > 18 * 40 and checked["figures"] == len(FIGURES)
+    assert checked["tables"] == 2 + len(METHODS)
+
+
+def audit(work):
+    run = subprocess.run([str(BIN / "python"), "-m", "mpi_ensemble", "audit", "results"], cwd=work,
+                         capture_output=True, text=True, timeout=600, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3",
+                                                                            "PYTHONPATH": str(ROOT / "src")})
+    return run.returncode, [line for line in run.stdout.splitlines() if line.startswith("results/")]
+
+
+@pytest.mark.workflow
+def test_the_audit_names_every_tampering(smoke_run, tmp_path):
+    """A copy of the smoke run's results, tampered three ways: a rank record's fit time doubled, two members'
+    models swapped, one accuracy cell of summary.csv changed. The audit names each, exits 1, and is clean on
+    the untouched folder."""
+    work = tmp_path / "copy"
+    shutil.copytree(smoke_run / "results", work / "results", ignore=shutil.ignore_patterns("report.html"))
+    assert audit(work) == (0, [])
+    members = work / "results" / "models" / "ranks2" / "seed0"
+    record = json.loads((members / "rank1.json").read_text())
+    (members / "rank1.json").write_text(json.dumps({**record, "fit_seconds": 2 * record["fit_seconds"]}))
+    (members / "rank0.keras").rename(members / "swap.keras")
+    (members / "rank1.keras").rename(members / "rank0.keras")
+    (members / "swap.keras").rename(members / "rank1.keras")
+    summary = pd.read_csv(work / "results" / "summary.csv", dtype=str, keep_default_na=False)
+    row = summary.index[(summary.method == "sequential") & (summary.threads == "1")][0]
+    summary.loc[row, "accuracy"] = "0.5"
+    summary.to_csv(work / "results" / "summary.csv", index=False)
+    status, lines = audit(work)
+    print("\n" + "\n".join(lines))
+    assert status == 1
+    said = "\n".join(lines)
+    assert f"results/models/ranks2/seed0/rank1.json" not in said  # the record itself is only known by its copies
+    assert "results/ensemble_majority/ranks2/seed0/result.json: rank_timing[1], column fit_seconds" in said
+    assert "(ensemble_majority ranks=2 threads=1 seed=0), column fit_seconds_max" in said
+    for rank in (0, 1):
+        assert f"results/models/ranks2/seed0/rank{rank}.keras: -, column weights_sha256" in said
+    assert "results/single_shard/ranks2/seed0/result.json: metrics, column accuracy" in said  # rank 0 is another
+    assert f"results/summary.csv: line {row + 2} (sequential ranks=1 threads=1 seed=0), column accuracy: value 0.5" in said
+    assert "results/tables/summary.html: -, column made from summary.csv" in said  # built from the old summary
 
 
 @pytest.mark.workflow
@@ -288,10 +389,11 @@ def test_one_cli_with_a_sub_command_per_rule():
     from mpi_ensemble import cli
 
     rules = "\n".join(p.read_text() for p in (ROOT / "workflow" / "rules").glob("*.smk"))
-    called = set(re.findall(r"-m mpi_ensemble (\w+)", rules))
+    called = {a or b for a, b in re.findall(r"-m mpi_ensemble (\w+)|mpi_shell\(\s*\"(\w+)\"", rules)}
     commands = set(cli.build_parser()._subparsers._group_actions[0].choices)
     assert called == commands
-    declared = set(re.findall(r"^rule (\w+):", rules, re.M)) | {"train_mpi_ranks", "train_data_parallel", "clean_shm"}
+    declared = set(re.findall(r"^rule (\w+):", rules, re.M)) | {"train_mpi_ranks", "train_data_parallel", "clean_shm",
+                                                                "train_local_sgd", "train_weight_average_shared_start"}
     assert commands <= declared
 
 

@@ -105,6 +105,14 @@ def vote_variants(args):
     print(combine.vote_variants(args.probabilities, args.records, args.test_y, outs))
 
 
+def weight_average(args):
+    from . import combine
+
+    outputs = {method: (getattr(args, f"{method}_model"), getattr(args, f"{method}_result"))
+               for method in combine.WEIGHT_AVERAGES}
+    print(combine.weight_average(args.models, args.records, args.probabilities, args.test_x, args.test_y, outputs))
+
+
 def single_shard(args):
     from . import combine
 
@@ -141,6 +149,13 @@ def method_table(args):
     from . import summarize as stage
 
     print(stage.method_table(args.summary, args.method, args.out))
+
+
+def audit(args):
+    from . import audit as check
+
+    if not check.run(args.results_dir, args.out) and not args.report_only:
+        sys.exit(1)
 
 
 def training_args(parser):
@@ -229,6 +244,14 @@ def combine_commands(sub):
     required(p, "probabilities", "test-y", "ensemble_soft", "ensemble_majority_tiebreak")
     p.set_defaults(func=vote_variants)
 
+    p = sub.add_parser("weight_average", help="the members' weights averaged once, weighted by test or by "
+                       "validation accuracy")
+    required(p, "models", "records", nargs="+")
+    required(p, "probabilities", "test-x", "test-y")
+    for method in ("weight_average_by_test", "weight_average_by_validation"):
+        required(p, f"{method}_model", f"{method}_result")
+    p.set_defaults(func=weight_average)
+
     p = sub.add_parser("single_shard", help="rank 0's model alone: one model on 1/N of the data")
     required(p, "probabilities", "rank0-record", "test-y", "result")
     p.set_defaults(func=single_shard)
@@ -246,7 +269,7 @@ def summarize_commands(sub):
     p = sub.add_parser("figures", help="the figures, from the summarize tables")
     required(p, "stats", "rank-times", "paper")
     for key in ("fig_sequential", "fig_scaling", "fig_speedup", "fig_rank_times", "fig_methods", "fig_voting",
-                "fig_training_curves"):
+                "fig_training_curves", "fig_communication", "fig_cost"):
         p.add_argument(f"--{key.replace('_', '-')}")
     p.add_argument("--histories", nargs="+", help="LABEL=history.csv per model (an ensemble's ranks share a label)")
     p.set_defaults(func=figures)
@@ -258,6 +281,14 @@ def summarize_commands(sub):
     p = sub.add_parser("method_table", help="one method's rows of summary.csv as an HTML page")
     required(p, "summary", "method", "out")
     p.set_defaults(func=method_table)
+
+    p = sub.add_parser("audit", help="recompute a finished results folder from what it saved and name every "
+                       "disagreement (exit status 1 if there is any)")
+    p.add_argument("results_dir", help="the results folder, e.g. results")
+    p.add_argument("--out", help="also write the verdict to this file")
+    p.add_argument("--report-only", action="store_true", help="exit 0 whatever the verdict (the workflow's rule: "
+                   "its verdict goes into the report, and `make reproduce` fails on it afterwards)")
+    p.set_defaults(func=audit)
 
 
 def build_parser():

@@ -1,5 +1,6 @@
 """The combine stage: the ensemble's saved members voted on the test set (the paper's majority vote), the same
-members combined by the other vote rules, and the single-shard control (rank 0's model alone).
+members combined by the other vote rules, their weights averaged once (the paper code's first attempt), and the
+single-shard control (rank 0's model alone).
 
 The ensemble rule predicts the test set once and stores every member's softmax output; the other rules reuse
 those probabilities (no TensorFlow, no second prediction). All results are built by records.result_record.
@@ -85,3 +86,49 @@ def single_shard(probabilities_path, rank0_record_path, test_y_path, result_path
     scores = metrics.classification_metrics(test_y, probs[0].argmax(axis=1), CLASSES)
     atomic.write_json(result_path, records.result_record("single_shard", [rank0], scores, shard=rank0["shard"]))
     return f"single_shard (1/{rank0['ranks']} of the data) seed={rank0['seed']}: accuracy {scores['accuracy']:.4f}"
+
+
+# One-shot weight averages of the same members, by what weighs each member: its test accuracy, as the paper's code
+# does (which lets the test set choose the model it is then scored on), or its last epoch's validation accuracy.
+WEIGHT_AVERAGES = ("weight_average_by_test", "weight_average_by_validation")
+
+
+def average_weights(member_weights, weights):
+    """Each weight array as the `weights`-weighted mean over the members (weights normalised to sum to 1)."""
+    share = np.asarray(weights, dtype=np.float64) / np.sum(weights)
+    return [np.tensordot(share, np.stack(arrays).astype(np.float64), axes=1).astype(np.float32)
+            for arrays in zip(*member_weights)]
+
+
+def validation_accuracy(record):
+    """The member's validation accuracy after its last epoch (its record's history)."""
+    history = record.get("history", {}).get("val_accuracy")
+    if not history:
+        raise ValueError(f"rank {record['rank']}'s record has no validation accuracy (validation_split 0?); "
+                         "weight_average_by_validation needs a validation part: set validation_split above 0")
+    return float(history[-1])
+
+
+def weight_average(model_paths, record_paths, probabilities_path, test_x_path, test_y_path, outputs):
+    """Both one-shot averages of the members' weights, each saved as a model and scored on the test set.
+    `outputs`: {method: (model path, result path)}."""
+    keras = runtime.import_keras(1)
+    members = member_records(record_paths, len(model_paths))
+    test_x, test_y = data.load_arrays(test_x_path, test_y_path)
+    by_test = member_accuracy(load_probabilities(probabilities_path, len(test_y), len(members)), test_y)
+    weighting = {"weight_average_by_test": by_test,
+                 "weight_average_by_validation": [validation_accuracy(m) for m in members]}
+    net = training.load_model(keras, model_paths[0])
+    member_weights = [net.get_weights(), *(training.load_model(keras, p).get_weights() for p in model_paths[1:])]
+    lines = []
+    for method in WEIGHT_AVERAGES:
+        model_path, result_path = outputs[method]
+        net.set_weights(average_weights(member_weights, weighting[method]))
+        scores = metrics.classification_metrics(test_y, training.predict(net, test_x).argmax(axis=1), CLASSES)
+        training.save_model(net, model_path)
+        atomic.write_json(result_path, records.result_record(
+            method, members, scores, member_accuracy=by_test, averaging_weights=weighting[method],
+            weights_sha256=training.weights_sha256(net.get_weights())))
+        lines.append(f"{method} ranks={len(members)}: accuracy {scores['accuracy']:.4f} "
+                     f"(members {', '.join(f'{a:.4f}' for a in by_test)})")
+    return "\n".join(lines)

@@ -1,6 +1,7 @@
 """The figures: the paper's (Figs. 5-7) with its reported values beside ours, the speed-up and per-rank times, and
 the methods beyond the paper. Every error bar is ±1 sample standard deviation over seeds (ddof=1, from
-summary_stats.csv); a single seed draws none."""
+summary_stats.csv); a single seed draws none. Each PNG carries the SHA-256 of the tables it was drawn from (text
+chunk INPUTS_KEY), so the audit can tell a figure drawn from another summary."""
 
 import matplotlib
 
@@ -11,6 +12,7 @@ import pandas as pd  # noqa: E402
 from matplotlib.ticker import MaxNLocator, ScalarFormatter  # noqa: E402
 
 from .atomic import atomic_path  # noqa: E402
+from .records import INPUTS_KEY, inputs_note  # noqa: E402
 
 PAPER_STYLE = {"laptop": ("tab:gray", "s", "paper: laptop i5-1135G7"),
                "xeon": ("tab:brown", "^", "paper: Xeon Gold 6354")}
@@ -20,6 +22,10 @@ METHOD_STYLE = {
     "ensemble_soft": ("tab:green", "D", "ensemble, soft vote"),
     "single_shard": ("tab:red", "x", "single shard (rank 0 alone, 1/N of the data)"),
     "data_parallel": ("tab:purple", "s", "data-parallel (allreduce)"),
+    "weight_average_by_test": ("tab:olive", "P", "weights averaged once, by test accuracy (paper's code)"),
+    "weight_average_by_validation": ("tab:gray", "p", "weights averaged once, by validation accuracy"),
+    "weight_average_shared_start": ("tab:brown", "*", "shared start, weights averaged once at the end"),
+    "local_sgd": ("tab:pink", "h", "local SGD"),
 }
 SD_NOTE = "error bars: ±1 sample sd over seeds"
 
@@ -51,14 +57,14 @@ def sequential_rows(stats):
     return stats[stats["method"] == "sequential"].sort_values("threads", key=lambda t: t.astype(str))
 
 
-def save(fig, path):
+def save(fig, path, inputs=""):
     fig.tight_layout()
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=120, format="png")
+        fig.savefig(tmp, dpi=120, format="png", metadata={INPUTS_KEY: inputs})
     plt.close(fig)
 
 
-def sequential_figure(stats, paper, path):
+def sequential_figure(stats, paper, path, inputs=""):
     """Fig. 5: sequential accuracy and fit time."""
     labels, acc, fit, acc_sd, fit_sd, colors = [], [], [], [], [], []
     for machine, (color, _, label) in PAPER_STYLE.items():
@@ -82,10 +88,10 @@ def sequential_figure(stats, paper, path):
             ax.annotate(f"{v:.2f}", (i, v), ha="center", va="bottom", fontsize=8)
         ax.tick_params(axis="x", labelsize=8)
     fig.suptitle(f"Fig. 5: sequential baseline (paper's values in grey/brown, ours in blue; {SD_NOTE})")
-    save(fig, path)
+    save(fig, path, inputs)
 
 
-def scaling_figure(stats, paper, path):
+def scaling_figure(stats, paper, path, inputs=""):
     """Figs. 6/7: time decrease and ensemble accuracy against the number of ranks (cores)."""
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
     for machine, (color, marker, label) in PAPER_STYLE.items():
@@ -114,10 +120,10 @@ def scaling_figure(stats, paper, path):
         ax.legend(fontsize=7)
         ax.grid(alpha=0.3)
     fig.suptitle(f"Figs. 6/7: training-time decrease and ensemble accuracy vs number of ranks ({SD_NOTE})")
-    save(fig, path)
+    save(fig, path, inputs)
 
 
-def speedup_figure(stats, paper, path):
+def speedup_figure(stats, paper, path, inputs=""):
     """Fit-time speed-up against the cores used: ideal, ours (against the 1-thread baseline, each point labelled
     with its ranks; oversubscribed runs left out) and the paper's two machines (from their time decrease)."""
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
@@ -149,10 +155,10 @@ def speedup_figure(stats, paper, path):
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=6)
     ax.set_title(f"Speed-up against cores used, oversubscribed runs left out\n({SD_NOTE})", fontsize=9)
-    save(fig, path)
+    save(fig, path, inputs)
 
 
-def rank_times_figure(rank_times, path):
+def rank_times_figure(rank_times, path, inputs=""):
     """Each rank's fit() time per world size: the spread shows imbalance (the last rank's remainder, noise,
     shared cores); the slowest rank sets the phase's wall time."""
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
@@ -172,7 +178,7 @@ def rank_times_figure(rank_times, path):
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     ax.set_title("Per-rank fit() time (spread across ranks)", fontsize=10)
-    save(fig, path)
+    save(fig, path, inputs)
 
 
 def sequential_lines(ax, stats, metric, scale=1.0):
@@ -185,28 +191,40 @@ def sequential_lines(ax, stats, metric, scale=1.0):
             ax.axhspan(mean - sd, mean + sd, color="black", alpha=0.08)
 
 
-def methods_figure(stats, path):
-    """Accuracy, slowest rank's fit time and job wall time against N, one curve per method."""
+def method_series(stats, method):
+    """(label suffix, rows) per period of a method (local SGD has one curve per period, the others one)."""
+    rows = stats[stats["method"] == method]
+    periods = rows["period"].dropna().astype(str).unique() if "period" in rows else []
+    if len(periods) <= 1:
+        return [("", {})]
+    return [(f", period {p}", {"period": p}) for p in sorted(periods, key=lambda p: (not p.isdigit(), p.zfill(9)))]
+
+
+def methods_figure(stats, path, inputs=""):
+    """Accuracy, slowest rank's fit time and job wall time against N, one curve per method (and period)."""
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.5))
     panels = ((axes[0], "accuracy", 100.0, "test accuracy (%)"),
               (axes[1], "fit_seconds_max", 1.0, "fit time, slowest rank (s)"),
               (axes[2], "job_seconds", 1.0, "job wall time: training + vote or evaluation (s)"))
+    stats = stats.assign(period=stats["period"].astype(str).where(stats["period"].notna()))
     for ax, metric, scale, label in panels:
         for method, (color, marker, name) in METHOD_STYLE.items():
-            x, y, err = series(stats, method, metric, scale)
-            if x:
-                ax.errorbar(x, y, yerr=err, fmt=f"{marker}-", color=color, capsize=3, label=name)
+            for i, (suffix, match) in enumerate(method_series(stats, method)):
+                x, y, err = series(stats, method, metric, scale, **match)
+                if x:
+                    ax.errorbar(x, y, yerr=err, fmt=f"{marker}{'-:--'[i % 3:i % 3 + 1]}", color=color, capsize=3,
+                                label=name + suffix)
         sequential_lines(ax, stats, metric, scale)
         ax.set(xlabel="MPI ranks N", ylabel=label)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=7)
+    axes[0].legend(fontsize=6)
     n = int(stats["n_seeds"].max()) if len(stats) else 0
     fig.suptitle(f"Methods against the number of ranks (mean over up to {n} seed(s); {SD_NOTE})")
-    save(fig, path)
+    save(fig, path, inputs)
 
 
-def voting_figure(stats, path):
+def voting_figure(stats, path, inputs=""):
     """How each combination rule compares with its own members: ensemble accuracy minus mean member accuracy."""
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.5))
     for method in ("ensemble_majority", "ensemble_majority_tiebreak", "ensemble_soft"):
@@ -231,7 +249,7 @@ def voting_figure(stats, path):
         ax.legend(fontsize=7)
     fig.suptitle(f"Combining N members: majority (ties to the lowest class), confidence tie-break, soft vote "
                  f"({SD_NOTE})")
-    save(fig, path)
+    save(fig, path, inputs)
 
 
 def read_histories(labelled):
@@ -241,46 +259,114 @@ def read_histories(labelled):
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["label", "epoch"])
 
 
-def training_curves_figure(histories, path):
-    """Loss and accuracy per epoch, training (solid) and validation (dashed), one colour per method and N; an
-    ensemble's curve is the mean over its members (and every curve the mean over seeds)."""
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.5))
+def training_curves_figure(histories, path, inputs=""):
+    """Accuracy and loss per epoch, one panel per method, one colour per N (or threads, or period): training solid,
+    validation dashed. An ensemble's curve is the mean over its members, every curve the mean over seeds."""
     curves = histories.groupby(["label", "epoch"], sort=True).mean(numeric_only=True).reset_index()
+    curves["method"] = curves["label"].str.split("/").str[0]
+    methods = list(dict.fromkeys(histories["label"].str.split("/").str[0])) or ["(none)"]  # the workflow's order
+    fig, axes = plt.subplots(2, len(methods), figsize=(3.6 * len(methods), 7), squeeze=False)
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    for i, (label, curve) in enumerate(curves.groupby("label", sort=True)):
+    for col, method in enumerate(methods):
+        runs = curves[curves["method"] == method]
+        for i, (label, curve) in enumerate(runs.groupby("label", sort=True)):
+            color, tag = colors[i % len(colors)], label.split("/", 1)[-1]
+            for ax, metric in ((axes[0, col], "accuracy"), (axes[1, col], "loss")):
+                ax.plot(curve["epoch"], curve[metric], "o-", color=color, ms=3, label=f"{tag}, training")
+                if curve.get(f"val_{metric}") is not None and curve[f"val_{metric}"].notna().any():
+                    ax.plot(curve["epoch"], curve[f"val_{metric}"], "s--", color=color, ms=3, mfc="white",
+                            label=f"{tag}, validation")
+        axes[0, col].set_title(method, fontsize=9)
+        axes[0, col].legend(fontsize=5)
+        axes[0, col].set(ylabel="accuracy" if col == 0 else None)
+        axes[1, col].set(xlabel="epoch", ylabel="loss" if col == 0 else None, yscale="log")
+        for ax in axes[:, col]:
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            ax.grid(alpha=0.3)
+    fig.suptitle("Training curves per method: training solid, validation dashed (ensemble: mean over its members; "
+                 "mean over seeds)")
+    save(fig, path, inputs)
+
+
+def communication_figure(stats, path, inputs=""):
+    """Accuracy against how often the ranks average per epoch, one line per N: 0 for the one-shot averages
+    (independent starts and shared start) and the ensemble, then local SGD's periods, then data-parallel training
+    (every step). The x axis is linear below 1 and logarithmic above."""
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    rows = stats[stats["method"].isin(COMMUNICATING) & (stats["ranks"] > 1)].dropna(subset=["accuracy_mean"])
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, (n, group) in enumerate(rows.groupby("ranks")):
+        group = group.sort_values("averagings_per_epoch_mean")
+        line = group[group["method"].isin(("weight_average_shared_start", "local_sgd", "data_parallel"))]
         color = colors[i % len(colors)]
-        for ax, metric in ((ax1, "loss"), (ax2, "accuracy")):
-            ax.plot(curve["epoch"], curve[metric], "o-", color=color, ms=3, label=f"{label}, training")
-            if curve.get(f"val_{metric}") is not None and curve[f"val_{metric}"].notna().any():
-                ax.plot(curve["epoch"], curve[f"val_{metric}"], "s--", color=color, ms=3, mfc="white",
-                        label=f"{label}, validation")
-    ax1.set(xlabel="epoch", ylabel="loss (sparse categorical cross-entropy)", yscale="log")
-    ax2.set(xlabel="epoch", ylabel="accuracy")
-    for ax in (ax1, ax2):
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.grid(alpha=0.3)
-    ax2.legend(fontsize=6, ncol=2)
-    fig.suptitle("Training curves per method and N (ensemble: mean over its members; mean over seeds)")
-    save(fig, path)
+        ax.plot(line["averagings_per_epoch_mean"], 100 * line["accuracy_mean"], "-", color=color, alpha=0.6,
+                label=f"N = {n}: shared start, averaged more and more often")
+        for row in group.itertuples():
+            marker = METHOD_STYLE[row.method][1]
+            ax.errorbar(row.averagings_per_epoch_mean, 100 * row.accuracy_mean, yerr=100 * np.nan_to_num(
+                row.accuracy_sd), fmt=marker, color=color, capsize=3, ms=7)
+    for method in COMMUNICATING:
+        color, marker, name = METHOD_STYLE[method]
+        ax.plot([], [], marker, color="black", mfc="white", label=name)
+    ax.set_xscale("symlog", linthresh=1)
+    ax.set(xlabel="averagings (allreduces) per epoch", ylabel="test accuracy (%)")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=6)
+    ax.set_title(f"How often should the ranks talk? Accuracy against averagings per epoch ({SD_NOTE})", fontsize=9)
+    save(fig, path, inputs)
+
+
+# The methods of the communication figure, from never talking to talking every step.
+COMMUNICATING = ("ensemble_majority", "weight_average_by_validation", "weight_average_by_test",
+                 "weight_average_shared_start", "local_sgd", "data_parallel")
+
+
+def cost_figure(stats, path, inputs=""):
+    """Accuracy against what it cost: core-seconds (cores used x the slowest rank's fit time) and the wall time of
+    the fit, on this machine; one marker per method, one colour per N. Oversubscribed runs are left out."""
+    rows = stats[~stats["oversubscribed"].astype(bool)].dropna(subset=["accuracy_mean", "core_seconds_mean"])
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.8))
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    ranks = sorted(rows["ranks"].unique())
+    for ax, metric, label in ((axes[0], "core_seconds", "core-seconds (cores used × slowest rank's fit time)"),
+                              (axes[1], "fit_seconds_max", "wall seconds of the fit, this machine")):
+        for row in rows.itertuples():
+            style = METHOD_STYLE.get(row.method, ("black", "D", row.method))
+            ax.errorbar(getattr(row, f"{metric}_mean"), 100 * row.accuracy_mean,
+                        yerr=100 * np.nan_to_num(row.accuracy_sd), fmt=style[1],
+                        color=colors[ranks.index(row.ranks) % len(colors)], capsize=2, ms=6)
+        ax.set(xlabel=label, ylabel="test accuracy (%)", xscale="log")
+        ax.grid(alpha=0.3, which="both")
+    for n in ranks:
+        axes[0].plot([], [], "o", color=colors[ranks.index(n) % len(colors)], label=f"N = {n}")
+    for method, (_, marker, name) in {**METHOD_STYLE, "sequential": ("black", "D", "sequential")}.items():
+        axes[1].plot([], [], marker, color="black", mfc="white", label=name)
+    axes[0].legend(fontsize=7)
+    axes[1].legend(fontsize=5)
+    fig.suptitle(f"Accuracy against cost: the frontier to pick from ({SD_NOTE})")
+    save(fig, path, inputs)
 
 
 FIGURES = {
-    "fig_sequential": lambda t: sequential_figure(t["stats"], t["paper"], t["out"]),
-    "fig_scaling": lambda t: scaling_figure(t["stats"], t["paper"], t["out"]),
-    "fig_speedup": lambda t: speedup_figure(t["stats"], t["paper"], t["out"]),
-    "fig_rank_times": lambda t: rank_times_figure(t["rank_times"], t["out"]),
-    "fig_methods": lambda t: methods_figure(t["stats"], t["out"]),
-    "fig_voting": lambda t: voting_figure(t["stats"], t["out"]),
-    "fig_training_curves": lambda t: training_curves_figure(t["histories"], t["out"]),
+    "fig_sequential": lambda t: sequential_figure(t["stats"], t["paper"], t["out"], t["inputs"]),
+    "fig_scaling": lambda t: scaling_figure(t["stats"], t["paper"], t["out"], t["inputs"]),
+    "fig_speedup": lambda t: speedup_figure(t["stats"], t["paper"], t["out"], t["inputs"]),
+    "fig_rank_times": lambda t: rank_times_figure(t["rank_times"], t["out"], t["inputs"]),
+    "fig_methods": lambda t: methods_figure(t["stats"], t["out"], t["inputs"]),
+    "fig_voting": lambda t: voting_figure(t["stats"], t["out"], t["inputs"]),
+    "fig_training_curves": lambda t: training_curves_figure(t["histories"], t["out"], t["inputs"]),
+    "fig_communication": lambda t: communication_figure(t["stats"], t["out"], t["inputs"]),
+    "fig_cost": lambda t: cost_figure(t["stats"], t["out"], t["inputs"]),
 }
 
 
 def figures(stats_path, rank_times_path, paper_path, outputs, histories=()):
     """Draw every figure named in `outputs` ({figure key: path}) from the summarize stage's tables and the models'
-    histories ((label, history.csv) pairs)."""
-    tables = {"stats": pd.read_csv(stats_path, dtype={"threads": str}),
+    histories ((label, history.csv) pairs); each records the SHA-256 of the tables it was drawn from."""
+    tables = {"stats": pd.read_csv(stats_path, dtype={"threads": str, "period": str}),
               "rank_times": pd.read_csv(rank_times_path),
               "paper": pd.read_csv(paper_path, dtype={"cores": str}),
-              "histories": read_histories(histories)}
+              "histories": read_histories(histories),
+              "inputs": inputs_note([stats_path, rank_times_path])}
     for key, path in outputs.items():
         FIGURES[key]({**tables, "out": path})

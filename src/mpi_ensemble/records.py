@@ -2,6 +2,8 @@
 method's result (`result_record`), which every method writes and the summary reads. Both carry what produced the
 numbers: versions, CPU, threads, binding, the kernel settings, host, scheduler."""
 
+import hashlib
+import json
 import os
 import platform
 import resource
@@ -9,6 +11,7 @@ import socket
 import subprocess
 import time
 from importlib import metadata
+from pathlib import Path
 
 from . import runtime
 
@@ -25,6 +28,19 @@ RANK_TIMING_KEYS = ("rank", "fit_seconds", "epoch_seconds", "fit_cpu_seconds", "
                     "peak_rss_mib", "train_images", "validation_images", "host", "resumed_from_epoch",
                     "resumed_exactly", "checkpoint_seconds", "allreduce_count", "allreduce_seconds",
                     "allreduce_bytes", "weights_sha256")
+
+
+# Where a figure (PNG text chunk) or a report table (HTML meta tag) keeps the SHA-256 of the files it was made from.
+INPUTS_KEY = "mpi_ensemble:inputs"
+
+
+def file_sha256(path):
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def inputs_note(paths):
+    """What a figure or table was made from: {file name: SHA-256}, as JSON."""
+    return json.dumps({Path(p).name: file_sha256(p) for p in paths}, sort_keys=True)
 
 
 def cpu_model():

@@ -101,8 +101,8 @@ def communication(result, timing):
     steps = result.get("steps_per_epoch") or math.ceil(timing["train_images"].min() / result["batch_size"])
     averagings = result.get("averagings_per_epoch", math.nan if result["method"] == "sequential" else 0)
     return {"steps_per_epoch": steps, "averagings_per_epoch": averagings,
-            "allreduces_per_rank": column(timing, "allreduce_count").max(),
-            "allreduce_bytes_per_rank": column(timing, "allreduce_bytes").mean(),
+            "allreduces_per_rank": int(column(timing, "allreduce_count").max()),
+            "allreduce_bytes_per_rank": int(column(timing, "allreduce_bytes").max()),
             "allreduce_seconds_max": column(timing, "allreduce_seconds").max()}
 
 
@@ -314,9 +314,11 @@ STYLE = ("<style>body{font-family:sans-serif;font-size:13px} table{border-collap
          "td,th{border:1px solid #ccc;padding:2px 6px;text-align:right} th{background:#eee}</style>")
 
 
-def html_page(title, sections):
-    parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>{STYLE}"
-             f"</head><body><h1>{html.escape(title)}</h1>"]
+def html_page(title, sections, inputs=""):
+    """A page of tables; `inputs` (records.inputs_note) names the files it was built from, for the audit."""
+    parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'>"
+             f"<meta name='{records.INPUTS_KEY}' content='{html.escape(inputs, quote=True)}'>"
+             f"<title>{html.escape(title)}</title>{STYLE}</head><body><h1>{html.escape(title)}</h1>"]
     for heading, text, table in sections:
         parts.append(f"<h2>{html.escape(heading)}</h2><p>{html.escape(text)}</p>{table}")
     parts.append("</body></html>\n")
@@ -354,7 +356,7 @@ SHORT_STATS = ["method", "ranks", "threads", "cores_used", "oversubscribed", "n_
                "time_decrease_pct_mean", "time_decrease_pct_sd", "speedup_mean", "efficiency_mean"]
 
 
-def summary_page(summary, stats, diffs, comparison):
+def summary_page(summary, stats, diffs, comparison, inputs=""):
     return html_page("Summary", [
         ("Mean ± sd over seeds", "One row per method, number of ranks and threads (summary_stats.csv); sd is the "
          "sample standard deviation (ddof=1), empty with one seed.", html_table(stats[SHORT_STATS], "summary-stats")),
@@ -363,23 +365,23 @@ def summary_page(summary, stats, diffs, comparison):
          "points for percentages, ratio = ours / paper; our_cores_used and our_oversubscribed say what our run had.",
          html_table(comparison, "paper-comparison")),
         ("Every run", "summary.csv: one row per method, ranks, threads and seed.", html_table(summary, "summary")),
-    ])
+    ], inputs)
 
 
-def provenance_page(prov):
+def provenance_page(prov, inputs=""):
     rows = pd.DataFrame(flat_provenance(prov), columns=["key", "value"])
     return html_page("Run provenance", [
         ("Where and with what these numbers were made",
          "Package versions, CPU model, count and vector-ISA flags, cores given to the workflow, MPI library, "
          "threads per job, git commit of the workflow.", html_table(rows, "provenance")),
-    ])
+    ], inputs)
 
 
-def method_page(summary, method):
+def method_page(summary, method, inputs=""):
     rows = summary[summary["method"] == method]
     text = (f"No run of {method} in this configuration." if rows.empty else
             f"{len(rows)} run(s) of {method}: every number of ranks, threads and seed.")
-    return html_page(f"Method: {method}", [(method, text, html_table(rows, f"method-{method}"))]), text
+    return html_page(f"Method: {method}", [(method, text, html_table(rows, f"method-{method}"))], inputs), text
 
 
 # --- the stage's entry points ---------------------------------------------------------------------------------
@@ -403,12 +405,14 @@ def summarize(results, paper_path, workflow_cores, outputs):
 def tables(summary_path, stats_path, differences_path, comparison_path, provenance_path, summary_html,
            provenance_html):
     """The summary and provenance as HTML pages for the Snakemake report."""
-    frames = [pd.read_csv(p) for p in (summary_path, stats_path, differences_path, comparison_path)]
-    atomic.write_text(summary_html, summary_page(*frames))
-    atomic.write_text(provenance_html, provenance_page(atomic.read_json(provenance_path)))
+    tables = (summary_path, stats_path, differences_path, comparison_path)
+    frames = [pd.read_csv(p) for p in tables]
+    atomic.write_text(summary_html, summary_page(*frames, records.inputs_note(tables)))
+    atomic.write_text(provenance_html, provenance_page(atomic.read_json(provenance_path),
+                                                      records.inputs_note([provenance_path])))
 
 
 def method_table(summary_path, method, out):
-    page, text = method_page(pd.read_csv(summary_path), method)
+    page, text = method_page(pd.read_csv(summary_path), method, records.inputs_note([summary_path]))
     atomic.write_text(out, page)
     return text

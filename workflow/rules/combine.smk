@@ -46,6 +46,39 @@ rule vote_variants:
         "--ensemble_majority_tiebreak {output.ensemble_majority_tiebreak} > {log} 2>&1"
 
 
+rule weight_average:
+    """The members' weights averaged once (the paper code's first attempt), weighted by each member's test accuracy
+    as that code does, and by its validation accuracy; each average saved and scored on the test set.
+    """
+    input:
+        unpack(rank_files),
+        probabilities="results/ensemble_majority/ranks{ranks}/seed{seed}/probabilities.npy",
+        test_x=ARRAYS["test_x"],
+        test_y=ARRAYS["test_y"],
+    output:
+        **{
+            f"{method}_{kind}": f"results/{method}/ranks{{ranks}}/seed{{seed}}/{name}"
+            for method in WEIGHT_AVERAGES
+            for kind, name in (("model", "model.keras"), ("result", "result.json"))
+        },
+    log:
+        "logs/weight_average/ranks{ranks}/seed{seed}.log",
+    benchmark:
+        "results/benchmarks/weight_average/ranks{ranks}_seed{seed}.tsv"
+    wildcard_constraints:
+        ranks=r"\d+",
+        seed=r"\d+",
+    conda:
+        "../../envs/train.yaml"
+    shell:
+        "python -m mpi_ensemble weight_average --models {input.models} --records {input.records} "
+        "--probabilities {input.probabilities} --test-x {input.test_x} --test-y {input.test_y} "
+        "--weight_average_by_test_model {output.weight_average_by_test_model} "
+        "--weight_average_by_test_result {output.weight_average_by_test_result} "
+        "--weight_average_by_validation_model {output.weight_average_by_validation_model} "
+        "--weight_average_by_validation_result {output.weight_average_by_validation_result} > {log} 2>&1"
+
+
 rule single_shard:
     """Rank 0's model alone: one model trained on 1/N of the data in the wall time of one rank."""
     input:

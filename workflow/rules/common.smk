@@ -61,6 +61,8 @@ CORES = runtime.job_cores(workflow.resource_settings.cores)
 # unless control_ranks is "all"; N = 1 has no single-shard control (it would be the 1-rank ensemble again).
 CONTROL_RANKS = [n for n in RANKS if config["control_ranks"] == "all" or n <= CORES]
 SHARD_RANKS = [n for n in CONTROL_RANKS if n > 1]
+# Local SGD's averaging periods (local steps between two averagings, or "epoch"), run where the shard controls run.
+PERIODS = [str(k) for k in config["local_sgd_periods"]]
 refuse(
     data.check_shards,
     RANKS,
@@ -149,6 +151,41 @@ def checkpoint_dir(wildcards, output):
     return str(Path("results", "checkpoints", *folder.parts[1:]))
 
 
+def mpi_shell(command, *extra):
+    """The shell command of an MPI training rule: the MPICH segments that killed ranks left are removed, then the
+    launcher starts the ranks of `command` with the training settings and `extra` flags (Snakemake fills the
+    braces in)."""
+    flags = [
+        "--threads {resources.cpus_per_task} --job-cores {threads} --seed {wildcards.seed}",
+        "--train-x {input.train_x} --train-y {input.train_y} {params.training}",
+        "--out-dir {params.out_dir} --checkpoint-dir {params.checkpoints}",
+        *extra,
+    ]
+    return (
+        "{{ python -m mpi_ensemble clean_shm && {params.launch} python -m mpi4py -m mpi_ensemble "
+        + command
+        + " "
+        + " ".join(flags)
+        + "; }} > {log} 2>&1"
+    )
+
+
+# The test set, for the jobs whose rank 0 scores the model its ranks trained together.
+SCORED = "--test-x {input.test_x} --test-y {input.test_y}"
+
+
+def shared_model_outputs(folder, n):
+    """What a job whose N ranks train one model writes: the model, its result and history (rank 0's), and every
+    rank's record."""
+    job = f"{folder}/ranks{n}/seed{{seed}}"
+    return {
+        "model": f"{job}/model.keras",
+        "result": f"{job}/result.json",
+        "history": f"{job}/history.csv",
+        "records": [f"{job}/rank{r}.json" for r in range(n)],
+    }
+
+
 def rank_files(wildcards):
     """The saved members of one ensemble job and their rank records."""
     members = range(int(wildcards.ranks))
@@ -162,7 +199,17 @@ def rank_files(wildcards):
 # --- what the run produces --------------------------------------------------------------------------------------
 
 VOTE_VARIANTS = ["ensemble_soft", "ensemble_majority_tiebreak"]
-METHODS = ["sequential", "ensemble_majority", *VOTE_VARIANTS, "single_shard", "data_parallel"]
+WEIGHT_AVERAGES = ["weight_average_by_test", "weight_average_by_validation"]
+METHODS = [
+    "sequential",
+    "ensemble_majority",
+    *VOTE_VARIANTS,
+    *WEIGHT_AVERAGES,
+    "single_shard",
+    "data_parallel",
+    "weight_average_shared_start",
+    "local_sgd",
+]
 
 
 def method_results():
@@ -178,30 +225,46 @@ def method_results():
                 )
             )
         for n in RANKS:
-            train = f"results/benchmarks/train_mpi/ranks{n}_seed{s}.tsv"
-            vote = f"results/benchmarks/ensemble/ranks{n}_seed{s}.tsv"
-            out.append((f"results/ensemble_majority/ranks{n}/seed{s}/result.json", [train, vote]))
-            if n not in CONTROL_RANKS:
-                continue
-            variants = f"results/benchmarks/vote_variants/ranks{n}_seed{s}.tsv"
-            out += [
-                (f"results/{v}/ranks{n}/seed{s}/result.json", [train, vote, variants])
-                for v in VOTE_VARIANTS
-            ]
-            if n in SHARD_RANKS:
-                out.append(
-                    (
-                        f"results/single_shard/ranks{n}/seed{s}/result.json",
-                        [train, vote, f"results/benchmarks/single_shard/ranks{n}_seed{s}.tsv"],
-                    )
-                )
-            out.append(
-                (
-                    f"results/data_parallel/ranks{n}/seed{s}/result.json",
-                    [f"results/benchmarks/train_data_parallel/ranks{n}_seed{s}.tsv"],
-                )
-            )
-    return out
+            out += ensemble_results(n, s)
+    return out + [trained_together(*run) for run in together_runs()]
+
+
+def ensemble_results(n, s):
+    """The results made of one ensemble job's members: the paper's vote, and at the control world sizes the
+    other vote rules, the one-shot weight averages and the single-shard control."""
+    bench = lambda job: f"results/benchmarks/{job}/ranks{n}_seed{s}.tsv"
+    train, vote = bench("train_mpi"), bench("ensemble")
+    out = [(f"results/ensemble_majority/ranks{n}/seed{s}/result.json", [train, vote])]
+    if n not in CONTROL_RANKS:
+        return out
+    derived = [(v, bench("vote_variants")) for v in VOTE_VARIANTS]
+    derived += [(w, bench("weight_average")) for w in WEIGHT_AVERAGES]
+    derived += [("single_shard", bench("single_shard"))] if n in SHARD_RANKS else []
+    return out + [
+        (f"results/{method}/ranks{n}/seed{s}/result.json", [train, vote, own])
+        for method, own in derived
+    ]
+
+
+def trained_together(method, n, s, period=None):
+    """The result of a job whose N ranks train one model, with its training job's benchmark."""
+    job = f"train_{method}/period{period}_" if period else f"train_{method}/"
+    return (
+        f"{together_folder(method, n, s, period)}/result.json",
+        [f"results/benchmarks/{job}ranks{n}_seed{s}.tsv"],
+    )
+
+
+def together_folder(method, n, s, period=None):
+    kind = f"{method}/period{period}" if period else method
+    return f"results/{kind}/ranks{n}/seed{s}"
+
+
+def together_runs():
+    """(method, N, seed, period) of every job whose N ranks train one model."""
+    runs = [("data_parallel", n, s, None) for s in SEEDS for n in CONTROL_RANKS]
+    runs += [("weight_average_shared_start", n, s, None) for s in SEEDS for n in SHARD_RANKS]
+    return runs + [("local_sgd", n, s, k) for s in SEEDS for n in SHARD_RANKS for k in PERIODS]
 
 
 RESULTS = method_results()
@@ -231,25 +294,18 @@ def histories():
     every label's seeds) share a label and are averaged."""
     out = []
     for s in SEEDS:
-        for t in BASELINE_THREADS:
-            out.append(
-                (f"sequential/threads:{t}", f"results/sequential/threads{t}/seed{s}/history.csv")
-            )
-        for n in RANKS:
-            out += [
-                (
-                    f"ensemble_member/N:{n}",
-                    f"results/models/ranks{n}/seed{s}/rank{r}_history.csv",
-                )
-                for r in range(n)
-            ]
-            if n in CONTROL_RANKS:
-                out.append(
-                    (
-                        f"data_parallel/N:{n}",
-                        f"results/data_parallel/ranks{n}/seed{s}/history.csv",
-                    )
-                )
+        out += [
+            (f"sequential/threads:{t}", f"results/sequential/threads{t}/seed{s}/history.csv")
+            for t in BASELINE_THREADS
+        ]
+        out += [
+            (f"ensemble_member/N:{n}", f"results/models/ranks{n}/seed{s}/rank{r}_history.csv")
+            for n in RANKS
+            for r in range(n)
+        ]
+    for method, n, s, period in together_runs():
+        label = f"{method}/period{period}/N:{n}" if period else f"{method}/N:{n}"
+        out.append((label, f"{together_folder(method, n, s, period)}/history.csv"))
     return out
 
 

@@ -75,6 +75,14 @@ rule figures:
             caption="../report/training_curves.rst",
             category="Figures",
         ),
+        fig_communication=report(
+            "results/figures/fig_communication.png",
+            caption="../report/fig_communication.rst",
+            category="Figures",
+        ),
+        fig_cost=report(
+            "results/figures/fig_cost.png", caption="../report/fig_cost.rst", category="Figures"
+        ),
     log:
         "logs/figures.log",
     conda:
@@ -87,6 +95,7 @@ rule figures:
         "--fig-scaling {output.fig_scaling} --fig-speedup {output.fig_speedup} "
         "--fig-rank-times {output.fig_rank_times} --fig-methods {output.fig_methods} "
         "--fig-voting {output.fig_voting} --fig-training-curves {output.fig_training_curves} "
+        "--fig-communication {output.fig_communication} --fig-cost {output.fig_cost} "
         "--histories {params.histories} > {log} 2>&1"
 
 
@@ -138,3 +147,25 @@ rule method_table:
     shell:
         "python -m mpi_ensemble method_table --summary {input.summary} --method {wildcards.method} "
         "--out {output} > {log} 2>&1"
+
+
+rule audit:
+    """Every number of the results folder recomputed from what was saved (models rescored, votes and averages redone,
+    summary and statistics recomputed, figures and tables checked against the files they were made from); the
+    verdict goes into the report, and `make reproduce` fails unless it is clean."""
+    input:
+        results=[result for result, _ in RESULTS],
+        tables=rules.tables.output,
+        methods=expand("results/tables/methods/{method}.html", method=METHODS),
+        figures=rules.figures.output,
+        models=saved_models(),
+    output:
+        report("results/audit.txt", caption="../report/audit.rst", category="Summary"),
+    log:
+        "logs/audit.log",
+    benchmark:
+        "results/benchmarks/audit.tsv"
+    conda:
+        "../../envs/train.yaml"
+    shell:
+        "python -m mpi_ensemble audit results --out {output} --report-only > {log} 2>&1"

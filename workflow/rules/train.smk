@@ -1,6 +1,9 @@
 # Every training job claims all local cores (`threads`), so no two timed jobs overlap; MPI jobs share them out
 # (cores // N threads per rank) and, under SLURM, ask for N tasks of that many CPUs each (never N x threads),
 # started by the one launcher and spread by the one placement the config names (mpi_resources).
+# Every training job saves a checkpoint per rank after each epoch under results/checkpoints/ (checkpoint_dir) and
+# a rerun resumes from it; each rank prints one progress line per epoch to the job's log. MPI jobs first remove
+# the MPICH shared-memory segments killed ranks left: a requeued SLURM job would attach to its own (mpi_shell).
 
 
 rule train_sequential:
@@ -31,10 +34,6 @@ rule train_sequential:
         "--model {output.model} --result {output.result} --history {output.history} "
         "--checkpoint-dir {params.checkpoints} > {log} 2>&1"
 
-
-# Every training job saves a checkpoint per rank after each epoch under results/checkpoints/ (checkpoint_dir)
-# and a rerun resumes from it; each rank prints one progress line per epoch to the job's log. MPI jobs first
-# remove the MPICH shared-memory segments killed ranks left: a requeued SLURM job would attach to its own.
 
 # One rule per world size N: each rank writes its own model, history and rank record, so the outputs are listed
 # exactly and a lost or damaged model file reruns just the job that made it.
@@ -75,14 +74,12 @@ for n in RANKS:
             training=TRAINING_ARGS,
             checkpoints=checkpoint_dir,
         shell:
-            "{{ python -m mpi_ensemble clean_shm && "
-            "{params.launch} python -m mpi4py -m mpi_ensemble train_mpi_ranks "
-            "--threads {resources.cpus_per_task} --job-cores {threads} --seed {wildcards.seed} "
-            "--train-x {input.train_x} --train-y {input.train_y} {params.training} "
-            "--out-dir {params.out_dir} --checkpoint-dir {params.checkpoints}; }} > {log} 2>&1"
+            mpi_shell("train_mpi_ranks")
 
 
-# The same per world size for synchronous data-parallel training (one model, gradients allreduced every step).
+# One model trained by all N ranks together (one rule per N, as above): synchronous data-parallel training
+# (gradients allreduced every step), local SGD (weights averaged every `period` local steps) and one-shot averaging
+# from a shared start (weights averaged once, at the end).
 for n in CONTROL_RANKS:
 
     rule:
@@ -91,12 +88,7 @@ for n in CONTROL_RANKS:
         input:
             **ARRAYS,
         output:
-            model=f"results/data_parallel/ranks{n}/seed{{seed}}/model.keras",
-            result=f"results/data_parallel/ranks{n}/seed{{seed}}/result.json",
-            history=f"results/data_parallel/ranks{n}/seed{{seed}}/history.csv",
-            records=expand(
-                "results/data_parallel/ranks{n}/seed{{seed}}/rank{rank}.json", n=n, rank=range(n)
-            ),
+            **shared_model_outputs("results/data_parallel", n),
         log:
             f"logs/train_data_parallel/ranks{n}/seed{{seed}}.log",
         benchmark:
@@ -114,9 +106,60 @@ for n in CONTROL_RANKS:
             training=TRAINING_ARGS,
             checkpoints=checkpoint_dir,
         shell:
-            "{{ python -m mpi_ensemble clean_shm && "
-            "{params.launch} python -m mpi4py -m mpi_ensemble train_data_parallel "
-            "--threads {resources.cpus_per_task} --job-cores {threads} --seed {wildcards.seed} "
-            "--train-x {input.train_x} --train-y {input.train_y} --test-x {input.test_x} "
-            "--test-y {input.test_y} {params.training} --out-dir {params.out_dir} "
-            "--checkpoint-dir {params.checkpoints}; }} > {log} 2>&1"
+            mpi_shell("train_data_parallel", SCORED)
+
+
+for n in SHARD_RANKS:
+
+    rule:
+        name:
+            f"train_local_sgd_ranks{n}"
+        input:
+            **ARRAYS,
+        output:
+            **shared_model_outputs("results/local_sgd/period{period}", n),
+        log:
+            f"logs/train_local_sgd/period{{period}}/ranks{n}/seed{{seed}}.log",
+        benchmark:
+            f"results/benchmarks/train_local_sgd/period{{period}}_ranks{n}_seed{{seed}}.tsv"
+        wildcard_constraints:
+            seed=r"\d+",
+            period=r"\d+|epoch",
+        conda:
+            "../../envs/train.yaml"
+        threads: max(CORES, n)
+        resources:
+            **mpi_resources(n),
+        params:
+            out_dir=lambda wc, output: os.path.dirname(output.model),
+            launch=launch_prefix,
+            training=TRAINING_ARGS,
+            checkpoints=checkpoint_dir,
+        shell:
+            mpi_shell("train_local_sgd", SCORED, "--period {wildcards.period}")
+
+    rule:
+        name:
+            f"train_weight_average_shared_start_ranks{n}"
+        input:
+            **ARRAYS,
+        output:
+            **shared_model_outputs("results/weight_average_shared_start", n),
+        log:
+            f"logs/train_weight_average_shared_start/ranks{n}/seed{{seed}}.log",
+        benchmark:
+            f"results/benchmarks/train_weight_average_shared_start/ranks{n}_seed{{seed}}.tsv"
+        wildcard_constraints:
+            seed=r"\d+",
+        conda:
+            "../../envs/train.yaml"
+        threads: max(CORES, n)
+        resources:
+            **mpi_resources(n),
+        params:
+            out_dir=lambda wc, output: os.path.dirname(output.model),
+            launch=launch_prefix,
+            training=TRAINING_ARGS,
+            checkpoints=checkpoint_dir,
+        shell:
+            mpi_shell("train_weight_average_shared_start", SCORED)
