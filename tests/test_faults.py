@@ -790,3 +790,29 @@ def test_no_rank_fit_time_counts_a_slow_checkpoint_write(small_arrays, tmp_path,
             assert records[0]["checkpoint_seconds"] >= 2 * 3  # the store really was slow
     print(f"\n{command}: fit seconds per rank {fits['normal']} -> {fits['slow']} with a 3 s slower checkpoint")
     assert all(slow < normal + 1.5 for slow, normal in zip(fits["slow"], fits["normal"])), fits
+
+
+def test_local_sgd_rank_killed_in_epoch_3_resumes_to_the_same_weights(small_arrays, tmp_path):
+    """Local SGD, 2 ranks averaging every 4 steps: rank 1 SIGKILLed as epoch 3 of 5 starts. Each rank keeps its own
+    checkpoints (their weights differ between averagings); the rerun resumes both from the newest epoch they both
+    saved, and the averaged model is bitwise the uninterrupted one's."""
+    checkpoints = tmp_path / "checkpoints" / "local_sgd"
+    clean, cut = tmp_path / "clean", tmp_path / "cut"
+    command = trainer("train_local_sgd", small_arrays, clean, checkpoints, ranks=2, extra=["--period", "4"])
+    run_to_end(command)
+    assert not checkpoints.exists()
+    [reference] = set(weight_hashes(clean / f"rank{r}.json" for r in range(2)))
+
+    command = trainer("train_local_sgd", small_arrays, cut, checkpoints, ranks=2, extra=["--period", "4"])
+    status, _, output = stop_held(command, tmp_path / "hold", 1, 3, signal.SIGKILL)
+    assert status != 0 and not (cut / "model.keras").exists(), output[-3000:]
+    assert [resume_point(checkpoints / f"rank{r}") for r in range(2)] == [2, 2]
+
+    output = run_to_end(command)
+    records = [json.loads((cut / f"rank{r}.json").read_text()) for r in range(2)]
+    print(f"\nlocal SGD rank 1 killed in epoch 3/5: resumed from epochs {[r['resumed_from_epoch'] for r in records]}; "
+          f"weights {records[0]['weights_sha256']}, uninterrupted {reference}")
+    assert [r["resumed_from_epoch"] for r in records] == [2, 2] and all(r["resumed_exactly"] for r in records)
+    assert {r["weights_sha256"] for r in records} == {reference}
+    assert "local_sgd rank 1/2 epoch 3/5: loss " in output and "rank 1/2 epoch 2/5" not in output
+    assert not checkpoints.exists()

@@ -302,6 +302,20 @@ def test_checkpoint_round_trip_keeps_only_the_latest_epoch(tmp_path):
     assert not (tmp_path / "rank0").exists()
 
 
+def test_a_store_that_keeps_two_epochs_can_go_back_one(tmp_path):
+    """Ranks that resume together (local SGD) keep two epochs: a rank stopped while writing epoch 3 leaves the others
+    with epoch 3 and itself with epoch 2, and all of them can then resume from epoch 2."""
+    store = checkpoint.Store(tmp_path / "rank0", FINGERPRINT, keep=2, log=lambda text: None)
+    for epoch in (1, 2, 3):
+        store.put(saved_state(epoch))
+    assert store.saved_epochs() == [3, 2] and [p.name for p in store.epochs()] == ["epoch3", "epoch2"]
+    older = store.load(2)
+    assert older.epoch == 2 and np.array_equal(older.weights[0], saved_state(2).weights[0])
+    (store.folder / "epoch3" / checkpoint.STATE).write_bytes(b"cut short")
+    assert checkpoint.Store(tmp_path / "rank0").saved_epochs() == [2]  # read-only: nothing deleted
+    assert (store.folder / "epoch3").exists()
+
+
 def test_damaged_checkpoint_is_discarded_never_trusted(tmp_path):
     messages = []
     store = checkpoint.Store(tmp_path / "rank0", FINGERPRINT, log=messages.append)
