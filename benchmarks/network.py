@@ -80,9 +80,9 @@ def parse_args(argv=None):
                    help="extra environment of the ranks (e.g. MPICH CVARs), recorded with the measurements")
     p.add_argument("--sizes", type=int, nargs="+", default=SIZES, help="message sizes of the sweep, bytes")
     p.add_argument("--skip-forced", action="store_true", help="MPICH's own algorithm only")
-    p.add_argument("--quiet-cores", type=float, default=1.5,
-                   help="idle cores to wait for before each srun of the sweep (default 1.5)")
-    p.add_argument("--quiet-wait", type=float, default=120, help="longest wait for them, seconds (default 120)")
+    p.add_argument("--quiet-cores", type=float, default=1.2,
+                   help="idle cores to wait for before each measurement (default 1.2); what was seen is recorded")
+    p.add_argument("--quiet-wait", type=float, default=30, help="longest wait for them, seconds (default 30)")
     p.add_argument("--job-ranks", type=int, nargs="+", default=[2], help="world sizes of --phase jobs (default 2)")
     p.add_argument("--step-worker", nargs="+", help=argparse.SUPPRESS)  # internal: KIND CORE IMAGES...
     args = p.parse_args(argv)
@@ -242,7 +242,9 @@ def sweep(cluster, args, folder, round_):
         else:
             cluster.network.unshape()
         for n in RANKS:
-            runs = [("auto", args.sizes)] + [(a, FORCED_SIZES) for a in FORCED if not args.skip_forced]
+            # The forced algorithms say which one MPICH's choice matches; once is enough.
+            forced = [] if args.skip_forced or round_ else [(a, FORCED_SIZES) for a in FORCED]
+            runs = [("auto", args.sizes)] + forced
             for algorithm, sizes in runs:
                 result = probe(cluster, n, sizes, algorithm, args, folder)
                 rows += probe_rows(result, name, algorithm, round_)
