@@ -25,6 +25,9 @@ Phases:
            method at N = 1..1024 on each network; crossovers; the figure.
   jobs     the workflow's data-parallel training command at N = 2, 3 on the shaped cluster, its time per step
            against the model's. `--check-records` compares any job's records that count their Allreduce calls.
+  calibrate  how the token bucket's size and the links' segmentation-offload size change a 1 Gbit/s link
+           (2 nodes, 4 MiB and 373,288 B Allreduce): the measurements behind slurm_cluster's BURST_BYTES and
+           GSO_BYTES. Not part of "all".
 
 No latency is added: this kernel has tbf and htb but not netem, so α is what this machine's MPI and TCP stack
 take for a message that carries nothing, not a switch's or a cable's delay.
@@ -69,7 +72,7 @@ CARRIED = 0.8
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", required=True, help="results folder (created; its CSVs are read by later phases)")
-    p.add_argument("--phase", choices=["all", "compute", "network", "model", "jobs"], default="all")
+    p.add_argument("--phase", choices=["all", "compute", "network", "model", "jobs", "calibrate"], default="all")
     p.add_argument("--networks", nargs="+", choices=list(NETWORKS), default=list(NETWORKS))
     p.add_argument("--repeats", type=int, default=5, help="fresh processes per step measurement (default 5)")
     p.add_argument("--rounds", type=int, default=2, help="sweeps over all networks, interleaved (default 2)")
@@ -344,15 +347,19 @@ def figure(table, points, used, path):
         lines = table[(table["network"] == network) & (table["ranks"] != 3)]
         for method, rows in lines.groupby("method", sort=False):
             ax.plot(rows["ranks"], rows["seconds"], label=method, color=colours[method])
+        at_three = table[(table["network"] == network) & (table["ranks"] == 3)]
+        for method, rows in at_three.groupby("method", sort=False):
+            ax.plot(rows["ranks"], rows["seconds"], "o", color=colours[method], markersize=8, fillstyle="none")
         measured = points[points["network"] == network]
         for method, rows in measured.groupby("method", sort=False):
-            ax.plot(rows["ranks"], rows["seconds"], "o", color=colours[method], markersize=6)
+            ax.plot(rows["ranks"], rows["seconds"], "o", color=colours[method], markersize=5)
         ax.set(xscale="log", yscale="log", xlabel="ranks N (one per node; lines at powers of two)")
         ax.set_title(f"{network}: α {fmt_s(used[network]['alpha_s'])}, β {1e9 * used[network]['beta_s_per_byte']:.2f}"
                      f" ns/B\n{used[network]['source']}", fontsize=9)
         ax.grid(True, which="both", alpha=0.3)
     axes[0][0].set_ylabel("seconds per epoch (48,000 images, training steps)")
-    axes[0][0].legend(fontsize=8, title="lines: model; dots: measured, N ≤ 3", title_fontsize=8)
+    axes[0][0].legend(fontsize=8, title="lines: model at powers of two; ○ model at N = 3\n(MPICH folds a pair "
+                      "first); ● measured at N = 2, 3", title_fontsize=8)
     fig.suptitle("Time per epoch against N: model fitted at N ≤ 3, projected to N = 1,024")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -555,6 +562,34 @@ def jobs_phase(args, out):
     print(table.to_string(index=False))
 
 
+# (token bucket bytes, segmentation-offload bytes) tried at 1 Gbit/s; the first pair is the one in use.
+BUCKETS = [(65536, 16384), (16384, 16384), (65536, 65536), (262144, 16384)]
+
+
+def calibrate_phase(args, out):
+    """Per bucket setting and round: medians of 10 Allreduces of 4 MiB and 30 of one model at N = 2, 1 Gbit/s."""
+    sc, rows = slurm_cluster(), []
+    with tempfile.TemporaryDirectory(prefix="network-calibrate-") as tmp:
+        cluster = sc.NodesCluster(Path(tmp) / "cluster", nodes=2, cpus=1, memory_mb=2000)
+        with sc.running(cluster):
+            for round_ in range(args.rounds):
+                for burst, gso in BUCKETS:
+                    cluster.network.shape(1e9, burst=burst, gso=gso)
+                    idle = wait_for_quiet(args)
+                    result = run_probe(cluster, 2, [cost_model.MODEL_BYTES, 4 * 2**20], [30, 10],
+                                       Path(tmp) / f"{burst}-{gso}-{round_}.json")
+                    for size in result["sizes"]:
+                        rows.append({"burst_bytes": burst, "gso_bytes": gso, "round": round_, "bytes": size["bytes"],
+                                     "median_s": statistics.median(size["seconds"]), "min_s": min(size["seconds"]),
+                                     "line_rate_s": size["bytes"] * 8 / 1e9 * (1538 / 1448), "idle_cores": idle,
+                                     "loadavg": result["loadavg_before"]})
+                    cluster.network.unshape()
+    table = pd.DataFrame(rows)
+    table.to_csv(out / "calibration.csv", index=False)
+    print("1 Gbit/s, N = 2: Allreduce against the line rate (payload + TCP/IP/Ethernet headers and wire overhead)")
+    print(table.to_string(index=False))
+
+
 def check_records_phase(folder, network, out):
     """Print a job's rank records against the model of `network` (from OUT's fit.json)."""
     fits = json.loads((out / "fit.json").read_text())["measured"]
@@ -585,6 +620,8 @@ def main(argv=None):
         model_phase(out)
     if args.phase == "jobs":
         jobs_phase(args, out)
+    if args.phase == "calibrate":
+        calibrate_phase(args, out)
 
 
 if __name__ == "__main__":

@@ -299,10 +299,10 @@ def tc(*args):
     return out.stdout
 
 
-def token_bucket(rate_bit):
+def token_bucket(rate_bit, burst=BURST_BYTES):
     """tc arguments of a token bucket filter at `rate_bit` bits/s of Ethernet line rate (tbf: this kernel has tbf
     and htb, not netem, so rate can be shaped and delay cannot)."""
-    return ["tbf", "rate", f"{int(rate_bit)}bit", "burst", str(BURST_BYTES), "latency", "50ms",
+    return ["tbf", "rate", f"{int(rate_bit)}bit", "burst", str(burst), "latency", "50ms",
             "overhead", str(WIRE_OVERHEAD)]
 
 
@@ -380,14 +380,14 @@ class NodeNetwork:
             ip("-n", ns, "link", "set", "lo", "up")
         return self
 
-    def shape(self, rate_bit):
+    def shape(self, rate_bit, burst=BURST_BYTES, gso=GSO_BYTES):
         """Every node's link limited to `rate_bit` bits/s in each direction, like a full-duplex NIC on a switch: a
         token bucket on node k's eth0, inside its namespace, limits what it sends; one on the bridge's side of its
-        veth limits what it receives. Replaces any shaping in force."""
+        veth limits what it receives. Replaces any shaping in force. `burst` and `gso` as calibrated (above)."""
         for k in range(1, self.count + 1):
-            self.offload_size(k, GSO_BYTES)
-            tc("-n", self.netns(k), "qdisc", "replace", "dev", "eth0", "root", *token_bucket(rate_bit))
-            tc("qdisc", "replace", "dev", self.veth(k), "root", *token_bucket(rate_bit))
+            self.offload_size(k, gso)
+            tc("-n", self.netns(k), "qdisc", "replace", "dev", "eth0", "root", *token_bucket(rate_bit, burst))
+            tc("qdisc", "replace", "dev", self.veth(k), "root", *token_bucket(rate_bit, burst))
         self.rate_bit = rate_bit
 
     def offload_size(self, k, size):
