@@ -11,6 +11,16 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 BUNDLED = ROOT / "data" / "mnist"
+# The fault hooks (hooks/faults.py), which hooks/sitecustomize.py wraps around the training code of any job started
+# with this folder on PYTHONPATH and a fault variable set; the tests import them as `faults`.
+HOOKS = Path(__file__).resolve().parent / "hooks"
+sys.path.insert(0, str(HOOKS))
+
+
+def hooked(env):
+    """`env` with the fault hooks' folder first on PYTHONPATH (inert unless a fault variable is set)."""
+    path = os.pathsep.join(p for p in (str(HOOKS), env.get("PYTHONPATH", "")) if p)
+    return {**env, "PYTHONPATH": path}
 
 
 def idx_bytes(array):
@@ -40,11 +50,19 @@ def project_copy(dest):
 
 def snakemake(workdir, *args, check=True, timeout=900, env=None):
     cmd = [str(BIN / "snakemake"), "--cores", "2", *args]
-    full_env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **(env or {})}
+    full_env = hooked({**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **(env or {})})
     result = subprocess.run(cmd, cwd=workdir, capture_output=True, text=True, timeout=timeout, env=full_env)
     if check and result.returncode != 0:
         raise AssertionError(f"snakemake {' '.join(args)} failed:\n{result.stdout[-4000:]}\n{result.stderr[-6000:]}")
     return result
+
+
+def resume_point(folder):
+    """The epoch a rank's checkpoint store would resume from (0: none), as the store itself decides: a rank stopped
+    between writing a new epoch and removing the old one leaves both, and a half-written one is no checkpoint."""
+    from mpi_ensemble import checkpoint
+
+    return max(checkpoint.Store(folder).saved_epochs(), default=0)
 
 
 SMOKE = ["max_train_images=6000", "max_test_images=1000", "epochs=1", "ranks=[1,2]", "seeds=[0]"]

@@ -16,7 +16,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from mpi_ensemble import allreduce, model, runtime, training  # noqa: E402
+from mpi_ensemble import allreduce, runtime, training  # noqa: E402
 
 
 def main():
@@ -29,12 +29,13 @@ def main():
     comm = MPI.COMM_WORLD
     rank, size = comm.Get_rank(), comm.Get_size()
     keras = runtime.import_keras(1)
-    keras.utils.set_random_seed(0)
     rng = np.random.default_rng(1)
     x = rng.random((64, 28, 28, 1), dtype=np.float32)
     y = rng.integers(0, 10, 64).astype(np.int64)
-    trainer = allreduce.Trainer(keras, model.build_model(keras), comm)
-    trainer.broadcast_weights()
+    settings = {"epochs": 1, "batch_size": 64, "validation_split": 0.0, "precision": "float32"}
+    net = training.initial_model(keras, 0, 0, x.shape[1:], settings)
+    trainer = allreduce.DataParallelEpochs(keras, net, comm, x, y, settings, seed=0)
+    allreduce.broadcast_weights(comm, net)
     part = allreduce.local_part(np.arange(64), size, rank)
     count = len(part) if args.local_scale else 64
     reduced = trainer.global_gradient(x[part], y[part], count)[:-2]

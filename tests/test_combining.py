@@ -112,7 +112,7 @@ def test_vote_variants_reject_wrong_shape():
 
 def rank_record(rank, ranks=2, threads=1, fit=2.0):
     return {"method": "ensemble_member", "rank": rank, "ranks": ranks, "seed": 0, "precision": "float32",
-            "settings": {"epochs": 1, "precision": "float32"}, "job_cores": 2, "oversubscribed": False,
+            "settings": {"epochs": 1, "batch_size": 64, "precision": "float32"}, "job_cores": 2, "oversubscribed": False,
             "fit_seconds": fit + rank, "epoch_seconds": [fit + rank], "fit_cpu_seconds": 1.0, "cpu_seconds": 3.0,
             "wall_seconds": 9.0, "peak_rss_mib": 100.0 + rank, "train_images": 4, "shard": [5 * rank, 5 * rank + 5],
             "thread_settings": {"threads": threads, "affinity": [rank], "env": {}},

@@ -25,8 +25,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import BIN, BUNDLED, ROOT, project_copy, snakemake
-from mpi_ensemble import data, faults
+import faults
+from conftest import BIN, BUNDLED, ROOT, hooked, project_copy, resume_point, snakemake
+from mpi_ensemble import data
 
 pytestmark = pytest.mark.workflow
 
@@ -100,8 +101,8 @@ def wait_for(condition, timeout, what):
 def start_snakemake(work, *args, extra_env=None):
     """Snakemake in the background, in its own process group (so a test can Ctrl-C it like a terminal)."""
     cmd = [str(BIN / "snakemake"), "--cores", "2", *args]
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
-    return subprocess.Popen(cmd, cwd=work, env={**env, **(extra_env or {})}, stdout=subprocess.PIPE,
+    env = hooked({**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **(extra_env or {})})
+    return subprocess.Popen(cmd, cwd=work, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
 
 
@@ -589,7 +590,7 @@ def test_data_parallel_catches_a_diverging_rank(tmp_path):
            "train_data_parallel", "--threads", "1", "--job-cores", "2", "--seed", "0", "--epochs", "1",
            "--batch-size", "32", "--validation-split", "0.2", "--out-dir", str(out_dir),
            *(f"--{k.replace('_', '-')}={v}" for k, v in outs.items())]
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": str(ROOT / "src"), faults.DIVERGE_ENV: "1"}
+    env = hooked({**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": str(ROOT / "src"), faults.DIVERGE_ENV: "1"})
     run = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
     assert run.returncode != 0
     assert "diverged" in text_of(run) and "rank(s) [1]" in text_of(run)
@@ -651,15 +652,14 @@ def test_ensemble_rank_killed_in_epoch_3_resumes_to_the_same_weights(tmp_path):
     assert complete_files(work / MODELS2) == []  # Snakemake removed the failed job's outputs ...
     assert (saved / "rank1" / "epoch2" / "state.npz").is_file()  # ... but not the checkpoints
     # Rank 0 trains on independently, so it got as far as it got when the job went down.
-    rank0_saved = [int(p.name[len("epoch"):]) for p in (saved / "rank0").iterdir()] if (saved / "rank0").exists() \
-        else [0]
+    rank0_saved = resume_point(saved / "rank0")
 
     snakemake(work, "--config", *RESUME, "--", *ENSEMBLE_RECORDS)
     records = [json.loads((work / p).read_text()) for p in ENSEMBLE_RECORDS]
     print(f"\nensemble rank 1 killed in epoch 3/5: resumed ranks from epochs "
           f"{[r['resumed_from_epoch'] for r in records]}; weights {[r['weights_sha256'] for r in records]}, "
           f"uninterrupted {reference}")
-    assert [r["resumed_from_epoch"] for r in records] == [*rank0_saved, 2]
+    assert [r["resumed_from_epoch"] for r in records] == [rank0_saved, 2]
     assert [r["weights_sha256"] for r in records] == reference
     assert f"checkpoint {Path('results/checkpoints/models/ranks2/seed0/rank1/epoch2')}: resuming after epoch 2" \
         in log.read_text()
@@ -676,11 +676,11 @@ def small_arrays(tmp_path_factory):
     return outs
 
 
-def trainer(command, arrays, out, checkpoints, epochs=5, ranks=None):
+def trainer(command, arrays, out, checkpoints, epochs=5, ranks=None, extra=()):
     """The command line of one training job, as the rules write it (`ranks`: under mpiexec)."""
     args = ["-m", "mpi_ensemble", command, "--threads", "1", "--job-cores", "2", "--seed", "0", "--epochs",
             str(epochs), "--batch-size", "32", "--validation-split", "0.2", "--checkpoint-dir", str(checkpoints),
-            *(f"--{k.replace('_', '-')}={v}" for k, v in arrays.items())]
+            *(f"--{k.replace('_', '-')}={v}" for k, v in arrays.items()), *extra]
     args += ["--out-dir", str(out)] if ranks else ["--model", str(out / "model.keras"),
                                                    "--result", str(out / "result.json"),
                                                    "--history", str(out / "history.csv")]
@@ -689,12 +689,12 @@ def trainer(command, arrays, out, checkpoints, epochs=5, ranks=None):
 
 
 def launch(cmd, extra_env=None):
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": str(ROOT / "src"), **(extra_env or {})}
+    env = hooked({**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": str(ROOT / "src"), **(extra_env or {})})
     return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
-def run_to_end(cmd):
-    proc = launch(cmd)
+def run_to_end(cmd, extra_env=None):
+    proc = launch(cmd, extra_env)
     output = finish(proc, 600)
     assert proc.returncode == 0, output[-4000:]
     return output
@@ -770,3 +770,23 @@ def test_sequential_stopped_by_sigterm_resumes_and_other_epochs_are_discarded(sm
     assert record["resumed_from_epoch"] == 2 and "resuming after epoch 2" in output
     assert weight_hashes([cut / "result.json"]) == [reference]
     assert not checkpoints.exists()
+
+
+@pytest.mark.parametrize("command, extra", [("train_data_parallel", []), ("train_local_sgd", ["--period", "epoch"])])
+def test_no_rank_fit_time_counts_a_slow_checkpoint_write(small_arrays, tmp_path, command, extra):
+    """Rank 0's checkpoint store takes 3 s longer per write (an injected slow store). The other rank waits for it
+    before the next epoch starts, outside its clock, as rank 0 times its own write apart: no rank's fit time grows
+    by as much as the one write between the two epochs (before, the waiting rank counted it)."""
+    fits = {}
+    for name, env in (("normal", {}), ("slow", {faults.SLOW_CHECKPOINT_ENV: "0:3"})):
+        out = tmp_path / name
+        run_to_end(trainer(command, small_arrays, out, tmp_path / "checkpoints" / name, epochs=2, ranks=2,
+                           extra=extra), env)
+        records = [json.loads((out / f"rank{r}.json").read_text()) for r in range(2)]
+        fits[name] = [r["fit_seconds"] for r in records]
+        for r in records:
+            assert r["fit_seconds"] == pytest.approx(sum(r["epoch_seconds"]), abs=0.5)  # the epochs, and the end
+        if name == "slow":
+            assert records[0]["checkpoint_seconds"] >= 2 * 3  # the store really was slow
+    print(f"\n{command}: fit seconds per rank {fits['normal']} -> {fits['slow']} with a 3 s slower checkpoint")
+    assert all(slow < normal + 1.5 for slow, normal in zip(fits["slow"], fits["normal"])), fits

@@ -22,12 +22,12 @@ from pathlib import Path
 
 import h5py
 import numpy as np
+import faults
 import pytest
 import slurm_cluster
-from conftest import ROOT, project_copy, skip_unless_slurm, snakemake
+from conftest import ROOT, hooked, project_copy, skip_unless_slurm, snakemake
 from test_cluster import PROFILE, submitted_rules
 
-from mpi_ensemble import faults
 
 pytestmark = pytest.mark.workflow
 
@@ -252,7 +252,7 @@ def lost_node_fails_and_reruns(work, nodes, tmp_path):
            "--slurm-no-requeue", *targets, "--forcerun", "train_mpi_ranks2", "--config", *CONFIG]
     log_path = tmp_path / "snakemake.log"
     with open(log_path, "w") as log:
-        proc = subprocess.Popen(cmd, cwd=work, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **env},
+        proc = subprocess.Popen(cmd, cwd=work, stdout=log, stderr=subprocess.STDOUT, env=hooked({**os.environ, **env}),
                                 start_new_session=True)
     try:
         marker = Path(f"{held}.rank1")

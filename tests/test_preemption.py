@@ -13,12 +13,12 @@ import subprocess
 import time
 from pathlib import Path
 
+import faults
 import pytest
-from conftest import BIN, ROOT, project_copy, snakemake
+from conftest import BIN, ROOT, hooked, project_copy, resume_point, snakemake
 from test_cluster import PROFILE, cluster, cluster_available  # noqa: F401  (the cluster fixtures, as they are)
 from test_faults import wait_for
 
-from mpi_ensemble import faults
 
 pytestmark = pytest.mark.workflow
 
@@ -56,8 +56,8 @@ def test_requeued_training_job_resumes_to_the_weights_of_an_uncut_one(cluster, t
 
     work = project_copy(tmp_path / "work")
     hold = tmp_path / "hold"
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "SLURM_CONF": str(cluster.conf),
-           faults.HOLD_ENV: "1", faults.HOLD_FILE_ENV: str(hold), faults.HOLD_EPOCH_ENV: "3"}
+    env = hooked({**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "SLURM_CONF": str(cluster.conf),
+                  faults.HOLD_ENV: "1", faults.HOLD_FILE_ENV: str(hold), faults.HOLD_EPOCH_ENV: "3"})
     run = subprocess.Popen([str(BIN / "snakemake"), "--cores", "2", *PROFILE, "--config", *CONFIG, "--", *RECORDS],
                            cwd=work, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                            start_new_session=True)
@@ -78,8 +78,7 @@ def test_requeued_training_job_resumes_to_the_weights_of_an_uncut_one(cluster, t
         # slurmd refuses it ("Job credential revoked") and it fails, so the test waits as a user's job would.
         wait_for(lambda: job_field(cluster, job_id, "JobState") == "PENDING", 120, "the job to be pending again")
         # Rank 0 trained on independently: it resumes from wherever it had got.
-        rank0 = work / CHECKPOINTS / "rank0"
-        rank0_saved = [int(p.name[len("epoch"):]) for p in rank0.iterdir()] if rank0.exists() else [0]
+        rank0_saved = resume_point(work / CHECKPOINTS / "rank0")
         output, _ = run.communicate(timeout=900)
     finally:
         if run.poll() is None:
@@ -91,7 +90,7 @@ def test_requeued_training_job_resumes_to_the_weights_of_an_uncut_one(cluster, t
           f"weights {hashes}, uncut {uncut}")
     assert job_field(cluster, job_id, "Restarts") == "1" and job_field(cluster, job_id, "JobState") == "COMPLETED"
     assert {r["scheduler"]["SLURM_JOB_ID"] for r in records} == {job_id}  # the same job, started again
-    assert [r["resumed_from_epoch"] for r in records] == [*rank0_saved, 2]
+    assert [r["resumed_from_epoch"] for r in records] == [rank0_saved, 2]
     assert hashes == uncut
     log = (work / "logs" / "train_mpi" / "ranks2" / "seed0.log").read_text()
     assert "resuming after epoch 2" in log and "ensemble_member rank 1/2 epoch 5/5: loss " in log

@@ -25,10 +25,12 @@ def result(method, ranks, threads, fits, seed=0, cores=2, images=48000, accuracy
     per_rank = cores if threads == "all" else threads
     return {
         "method": method, "ranks": ranks, "seed": seed, "threads": threads, "precision": precision, "epochs": 5,
+        "batch_size": 64,
         "job_cores": cores, "cores_used": min(members * per_rank, cores), "oversubscribed": ranks * per_rank > cores,
         "metrics": {"accuracy": accuracy, "precision": accuracy, "recall": accuracy, "f1": accuracy},
         "ties": 0, "member_accuracy": [accuracy - 0.01] * members, "resumed_from_epoch": resumed,
-        "rank_timing": [{"rank": r, "fit_seconds": f, "train_images": images // max(ranks, 1), "cpu_seconds": 1.0,
+        "rank_timing": [{"rank": r, "fit_seconds": f, "wall_seconds": f + 3.0, "train_images": images // max(ranks, 1),
+                         "validation_images": images // 4 // max(ranks, 1), "cpu_seconds": 1.0,
                          "peak_rss_mib": rss[r % len(rss)]} for r, f in enumerate(fits)],
     }
 
@@ -68,7 +70,10 @@ def test_job_times_compare_like_with_like(table):
     assert ens["train_job_seconds"] == 25 and ens["job_seconds"] == 30  # training job + its vote job
     assert ens["job_speedup"] == pytest.approx(45 / 30)  # sequential training + evaluation, one job
     shard = table.loc[("single_shard", 2)]
-    assert shard["job_seconds"] == 31  # the same basis: Snakemake's job wall times, not an in-process clock
+    # One rank of the 2-rank job: its own process's wall time (18 s fit + 3 s), not the whole job's 25 s, next to
+    # its one rank's cores; then the vote and its own evaluation job.
+    assert shard["train_job_seconds"] == 21 and shard["job_seconds"] == 21 + 5 + 1
+    assert shard["cores_used"] == 1 and shard["train_job_max_rss_mib"] == 700.0
     assert table.loc[("data_parallel", 2)]["job_seconds"] == 33  # rank 0 evaluates inside the training job
 
 
@@ -86,9 +91,12 @@ def test_every_row_has_its_precision_memory_and_throughput(table):
     assert table.loc[("single_shard", 2)]["compute_precision"] == "float32"
     ens = table.loc[("ensemble_majority", 2)]
     assert ens["rank_peak_rss_mib"] == 750.0 and ens["train_job_max_rss_mib"] == 1400.0
-    flops = model.training_flops_per_image()
     assert ens["images_per_second_per_core"] == pytest.approx(2 * 24000 * 5 / 22.0 / 2)
-    assert ens["gflops_per_core"] == pytest.approx(ens["images_per_second_per_core"] * flops / 1e9)
+    # The fit time holds the validation passes too, so their forward FLOPs count: 2 ranks x (24,000 training steps
+    # + 6,000 validated images) x 5 epochs, over the slowest rank's 22 s, per core.
+    per_epoch = 2 * (24000 * model.training_flops_per_image() + 6000 * model.forward_flops())
+    assert ens["gflops_per_core"] == pytest.approx(per_epoch * 5 / 22.0 / 2 / 1e9)
+    assert ens["gflops_per_core"] == pytest.approx(model.gflops(48000, 12000, 5, 22.0) / 2)
     assert list(table.columns) == summarize.COLUMNS
 
 

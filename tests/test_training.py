@@ -40,6 +40,41 @@ def test_training_flops_count_what_runs():
     assert model.training_flops_per_image() == 3 * 5588480 - 389376 == 16376064
 
 
+def initial_weights(keras, seed, rank):
+    settings = {"batch_size": 64}
+    return training.weights_sha256(training.initial_model(keras, seed, rank, model.IMAGE_SHAPE, settings).get_weights())
+
+
+def test_no_two_seed_rank_pairs_start_from_the_same_weights(monkeypatch):
+    """Seeds 0-2, ranks 0-3 (world sizes 1-4): twelve different starts. With the initial weights seeded by
+    seed + rank, (s, r + 1) and (s + 1, r) started alike, so ensembles of neighbouring seeds shared members."""
+    import keras
+
+    pairs = [(seed, rank) for seed in range(3) for rank in range(4)]
+    starts = {pair: initial_weights(keras, *pair) for pair in pairs}
+    assert len(set(starts.values())) == len(pairs)
+    assert initial_weights(keras, 1, 2) == starts[(1, 2)]  # and each pair always starts alike
+    monkeypatch.setattr(training, "init_seed", lambda seed, rank: seed + rank)  # the old derivation: caught
+    assert initial_weights(keras, 0, 1) == initial_weights(keras, 1, 0)
+
+
+def test_output_layer_computes_in_float32_under_mixed_bfloat16():
+    """Keras' mixed-precision rule: the softmax that feeds the loss and the saved probabilities stays float32."""
+    import keras
+
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        net = model.build_model(keras)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    assert net.layers[0].compute_dtype == "bfloat16"  # the convolutions do compute in bfloat16
+    assert net.layers[-1].compute_dtype == "float32" and net.layers[-1].dtype_policy.name == "float32"
+    probs = net.predict(np.random.default_rng(0).random((4, 28, 28, 1), dtype=np.float32), verbose=0)
+    assert probs.dtype == np.float32
+    # bfloat16 keeps 8 bits of mantissa: its rows sum to 1 within ~4e-3; float32 within ~1e-6.
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
+
+
 # --- threads, binding, launchers, precision -------------------------------------------------------------------
 
 
@@ -225,6 +260,23 @@ def test_allreduced_gradient_is_the_global_batch_gradient(tmp_path):
     assert wrong["max_abs_difference"] > 1e-5 * wrong["max_abs_gradient"]
 
 
+@pytest.mark.parametrize("ranks", [2, 3])
+def test_local_sgd_averaging_every_step_is_gradient_averaging(tmp_path, ranks):
+    """With plain SGD and k = 1, averaging the weights after every step is averaging the gradients: local SGD's
+    weights equal those of one process that steps with the ranks' mean gradient on the same batches (float32
+    summation order apart). Averaging every 2 steps is another method, and the comparison sees it."""
+    out = tmp_path / "local_sgd.json"
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": str(ROOT / "src")}
+    run = subprocess.run([str(BIN / "mpiexec"), "-n", str(ranks), str(BIN / "python"),
+                          str(ROOT / "tests" / "local_sgd_check.py"), str(out)],
+                         capture_output=True, text=True, timeout=300, env=env)
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]
+    check = json.loads(out.read_text())
+    print(f"\nlocal SGD k=1 against averaged gradients, {ranks} ranks: {check}")
+    assert check["max_abs_difference"] <= 1e-5 * check["max_abs_weight"]
+    assert check["every_other_step_difference"] > 100 * max(check["max_abs_difference"], 1e-7)
+
+
 # --- checkpoints, progress and history ------------------------------------------------------------------------
 
 FINGERPRINT = {"method": "sequential", "epochs": 5, "batch_size": 32, "shard": [0, 600], "data_sha256": "ab"}
@@ -337,6 +389,37 @@ def test_resumed_fit_ends_with_the_same_weights_bit_for_bit(tmp_path):
     fresh.put(state)
     wrong, _ = training.fit(keras, x, y, seed=0, settings=settings, store=fresh)
     assert training.weights_sha256(wrong.get_weights()) != training.weights_sha256(full.get_weights())
+
+
+def test_resume_in_another_environment_is_recorded_as_not_bitwise(tmp_path):
+    """A checkpoint from another thread count (or kernels, TensorFlow, CPU) resumes, since the settings match, but
+    the facts say the model is not bitwise the uncut run's, naming the change; the same environment resumes
+    exactly."""
+    import keras
+
+    x = np.random.default_rng(2).random((40, 28, 28, 1), dtype=np.float32)
+    y = np.arange(40, dtype=np.int64) % 10
+    settings = {"epochs": 3, "batch_size": 16, "validation_split": 0.25, "precision": "float32"}
+    one_thread = {"threads": 1, "cpu_tuning": "auto", "onednn": True, "tensorflow": "2.21.0", "isa_flags": ["avx2"]}
+
+    class Stop(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            if epoch == 1:
+                raise KeyboardInterrupt
+
+    messages = []
+    for folder, env, exact in (("same", one_thread, True), ("moved", {**one_thread, "threads": 2}, False)):
+        first = checkpoint.Store(tmp_path / folder, FINGERPRINT, one_thread, log=messages.append)
+        with pytest.raises(KeyboardInterrupt):
+            training.fit(keras, x, y, seed=0, settings=settings, callbacks=[Stop()], store=first)
+        again = checkpoint.Store(tmp_path / folder, FINGERPRINT, env, log=messages.append)
+        _, facts = training.fit(keras, x, y, seed=0, settings=settings, store=again)
+        assert facts["resumed_from_epoch"] == 1 and facts["resumed_exactly"] is exact
+        record = records.rank_record("sequential", 0, 1, 0, settings, 1, 2, 0.0, facts)
+        assert records.result_record("sequential", [record], {"accuracy": 0.5})["resumed_exactly"] is exact
+    assert facts["resume_changes"] == ["threads: checkpoint 1, this job 2"]
+    assert messages[-1].endswith("resuming after epoch 1; made in another environment (threads: checkpoint 1, "
+                                 "this job 2), so the result is not bitwise the uncut run's")
 
 
 def test_progress_line_and_history_csv():

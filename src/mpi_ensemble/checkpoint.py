@@ -1,16 +1,21 @@
 """Per-epoch checkpoints, so that a killed, preempted or timed-out training job resumes where it stopped and ends
-with the same weights, bit for bit, as one that was never cut.
+with the same weights, bit for bit, as one that was never cut, as long as it resumes in the same environment.
 
 Layout: one folder per training process, `<job's checkpoint folder>/rank{r}/epoch{k}/` holding `state.npz`
 (weights and optimizer variables, Adam's moments and iteration count included) and `manifest.json` (the epoch
-count k, the SHA-256 of state.npz, the settings fingerprint and the history of the k epochs). The workflow puts
-the job's folder at `results/checkpoints/<the job's output folder below results/>`, outside its declared outputs,
-which Snakemake deletes when a job fails.
+count k, the SHA-256 of state.npz, the settings fingerprint, the environment and the history of the k epochs). The
+workflow puts the job's folder at `results/checkpoints/<the job's output folder below results/>`, outside its
+declared outputs, which Snakemake deletes when a job fails.
 
-- written atomically: a hidden temporary folder renamed to `epoch{k}`; the previous epoch is removed only after;
+- written atomically: a hidden temporary folder renamed to `epoch{k}`; older epochs are removed only after, and
+  the newest `keep` stay (ranks that must resume together keep two: a rank stopped while writing its newest one
+  still has the epoch the others can go back to);
 - verified on load: a manifest that does not parse, or a state whose checksum differs, is damaged and discarded;
 - a checkpoint made with other settings (its fingerprint differs) is discarded with a message naming each
   difference; training then starts from epoch 0;
+- one made in another environment (threads, kernel choice, TensorFlow version, the CPU's instruction set: each
+  changes the last bits of every step) is resumed, and the state says what changed, so the record can say that
+  the model is no longer bitwise the uncut run's;
 - removed by the job once its outputs are written.
 """
 
@@ -63,18 +68,21 @@ def unpack(blob):
 
 
 class State:
-    """What a checkpoint holds: epochs done, weights, optimizer variables, the history of those epochs."""
+    """What a checkpoint holds: epochs done, weights, optimizer variables, the history of those epochs, and what
+    differs between the environment it was made in and this one (empty: a bitwise resume)."""
 
-    def __init__(self, epoch, weights, optimizer, history, path=None):
+    def __init__(self, epoch, weights, optimizer, history, path=None, environment_changes=()):
         self.epoch, self.weights, self.optimizer, self.history, self.path = epoch, weights, optimizer, history, path
+        self.environment_changes = list(environment_changes)
 
 
 class Store:
-    """The checkpoints of one training process (one rank's folder), for one settings fingerprint."""
+    """The checkpoints of one training process (one rank's folder), for one settings fingerprint (None: any) and
+    environment."""
 
-    def __init__(self, folder, fingerprint, log=None):
+    def __init__(self, folder, fingerprint=None, environment=None, keep=1, log=None):
         self.folder = Path(folder)
-        self.fingerprint = fingerprint
+        self.fingerprint, self.environment, self.keep = fingerprint, environment or {}, keep
         self.log = log or (lambda text: print(text, file=sys.stderr, flush=True))
 
     def epochs(self):
@@ -85,15 +93,15 @@ class Store:
         return [p for _, p in sorted(found, reverse=True)]
 
     def put(self, state):
-        """Write epoch `state.epoch` atomically, then remove the older epochs."""
+        """Write epoch `state.epoch` atomically, then remove all but the newest `keep` epochs."""
         target = self.folder / f"epoch{state.epoch}"
         with atomic.atomic_dir(target) as tmp:
             digest = write_state(tmp / STATE, state.weights, state.optimizer)
             atomic.write_json(tmp / MANIFEST, {"epoch": state.epoch, "state_sha256": digest,
-                                               "fingerprint": self.fingerprint, "history": state.history})
-        for old in self.epochs():
-            if old != target:
-                shutil.rmtree(old, ignore_errors=True)
+                                               "fingerprint": self.fingerprint, "environment": self.environment,
+                                               "history": state.history})
+        for old in self.epochs()[self.keep:]:
+            shutil.rmtree(old, ignore_errors=True)
         return target
 
     def read(self, path):
@@ -108,24 +116,41 @@ class Store:
         actual = hashlib.sha256(blob).hexdigest()
         if actual != manifest["state_sha256"]:
             raise Discarded(f"damaged ({STATE} has SHA-256 {actual}, its manifest says {manifest['state_sha256']})")
-        changed = differences(manifest["fingerprint"], self.fingerprint)
+        changed = differences(manifest["fingerprint"], self.fingerprint) if self.fingerprint is not None else []
         if changed:
             raise Discarded("made with other settings (" + "; ".join(changed) + ")")
         weights, optimizer = unpack(blob)
-        return State(int(manifest["epoch"]), weights, optimizer, manifest.get("history", []), path)
+        moved = differences(manifest.get("environment") or {}, self.environment) if self.environment else []
+        return State(int(manifest["epoch"]), weights, optimizer, manifest.get("history", []), path, moved)
 
-    def load(self):
-        """The latest usable state, or None. Unusable ones are deleted, each with a message saying why."""
+    def saved_epochs(self):
+        """The epochs this store would resume from, newest first: those that verify. Reads only, deletes nothing
+        (what a job, or a test watching one, may ask while the store is being written)."""
+        usable = []
+        for path in self.epochs():
+            try:
+                usable.append(self.read(path).epoch)
+            except Discarded:
+                continue
+        return usable
+
+    def load(self, epoch=None):
+        """The latest usable state (or that of `epoch`), or None. Unusable ones are deleted, each with a message
+        saying why; a resume in another environment says what changed."""
         for stale in self.folder.glob(".epoch*.tmp*") if self.folder.is_dir() else []:
             shutil.rmtree(stale, ignore_errors=True)  # what a writer killed mid-checkpoint left
         for path in self.epochs():
+            if epoch is not None and path.name != f"epoch{epoch}":
+                continue
             try:
                 state = self.read(path)
             except Discarded as why:
                 self.log(f"checkpoint {path} discarded: {why}")
                 shutil.rmtree(path, ignore_errors=True)
                 continue
-            self.log(f"checkpoint {path}: resuming after epoch {state.epoch}")
+            moved = ("; made in another environment (" + "; ".join(state.environment_changes)
+                     + "), so the result is not bitwise the uncut run's") if state.environment_changes else ""
+            self.log(f"checkpoint {path}: resuming after epoch {state.epoch}{moved}")
             return state
         return None
 
@@ -140,3 +165,36 @@ class Store:
                 parent.rmdir()  # refused while another rank's folder (or anything else) is still inside
             except OSError:
                 break
+
+
+# --- a checkpoint in and out of a Keras model -----------------------------------------------------------------
+
+
+def optimizer_state(net):
+    return [np.array(v.numpy()) for v in net.optimizer.variables]
+
+
+def restore(net, state):
+    """Put a checkpoint's weights and optimizer variables (Adam's moments and iteration count) into `net`."""
+    net.optimizer.build(net.trainable_variables)
+    variables = net.optimizer.variables
+    shapes = [tuple(w.shape) for w in net.get_weights()], [tuple(v.shape) for v in variables]
+    saved = [tuple(w.shape) for w in state.weights], [tuple(v.shape) for v in state.optimizer]
+    if shapes != saved:  # checked first, so a refused checkpoint leaves the fresh model untouched
+        raise Discarded("its weight or optimizer shapes differ from this model's")
+    net.set_weights(state.weights)
+    for variable, value in zip(variables, state.optimizer):
+        variable.assign(value)
+
+
+def load_state(store, net, epoch=None):
+    """The checkpoint to resume from (the latest, or `epoch`), restored into `net` (None: start at epoch 0)."""
+    state = store.load(epoch) if store else None
+    if state is not None:
+        try:
+            restore(net, state)
+        except Discarded as why:
+            store.log(f"checkpoint {state.path} discarded: {why}")
+            store.remove()
+            return None
+    return state

@@ -1,5 +1,6 @@
 """The workflow's one command line: `python -m mpi_ensemble RULE ...`, one sub-command per rule, named as the rule
-(`train_mpi_ranks` serves every `train_mpi_ranks{N}`, `train_data_parallel` every `train_data_parallel_ranks{N}`).
+(`train_mpi_ranks` serves every `train_mpi_ranks{N}`, `train_data_parallel` every `train_data_parallel_ranks{N}`,
+and likewise `train_local_sgd` and `train_weight_average_shared_start`).
 MPI rules run it under the launcher: `mpiexec -n N python -m mpi4py -m mpi_ensemble train_mpi_ranks ...`, after
 `python -m mpi_ensemble clean_shm` (the one sub-command that is a step of those rules, not a rule: it must run before
 the ranks start).
@@ -66,6 +67,22 @@ def train_data_parallel(args):
     training.train_data_parallel(arrays_of(args), args.out_dir, args.threads, args.seed,
                                  {**settings_of(args), "batch_semantics": "global batch split across ranks"},
                                  args.job_cores, args.checkpoint_dir)
+
+
+def train_local_sgd(args):
+    from . import allreduce, training
+
+    use_cpu_tuning(args)
+    training.train_local_sgd(arrays_of(args), args.out_dir, args.threads, args.seed, settings_of(args),
+                             allreduce.parse_period(args.period), args.job_cores, args.checkpoint_dir)
+
+
+def train_weight_average_shared_start(args):
+    from . import training
+
+    use_cpu_tuning(args)
+    training.train_local_sgd(arrays_of(args), args.out_dir, args.threads, args.seed, settings_of(args), None,
+                             args.job_cores, args.checkpoint_dir)
 
 
 def clean_shm(args):
@@ -186,6 +203,19 @@ def training_commands(sub):
     training_args(p)
     required(p, "test-x", "test-y", "out-dir")
     p.set_defaults(func=train_data_parallel)
+
+    p = sub.add_parser("train_local_sgd", help="one MPI rank of local SGD: a shared start, weights averaged every "
+                       "--period local steps")
+    training_args(p)
+    required(p, "test-x", "test-y", "out-dir")
+    p.add_argument("--period", required=True, help="local steps between averagings, or 'epoch'")
+    p.set_defaults(func=train_local_sgd)
+
+    p = sub.add_parser("train_weight_average_shared_start", help="one MPI rank of training from a shared start, "
+                       "the weights averaged once at the end")
+    training_args(p)
+    required(p, "test-x", "test-y", "out-dir")
+    p.set_defaults(func=train_weight_average_shared_start)
 
 
 def combine_commands(sub):

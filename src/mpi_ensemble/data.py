@@ -27,6 +27,7 @@ MNIST_MIRRORS = [
 DATASETS = {
     "mnist": {
         "mirrors": MNIST_MIRRORS,
+        "train_images": 60000,
         "files": {
             "train_images": (
                 "train-images-idx3-ubyte.gz",
@@ -59,6 +60,7 @@ FASHION_MNIST_MIRRORS = [
 # upstream README only publishes MD5 sums of its own .gz files, which a re-compressed copy cannot match.
 DATASETS["fashion_mnist"] = {
     "mirrors": FASHION_MNIST_MIRRORS,
+    "train_images": 60000,
     "files": {
         "train_images": (
             "train-images-idx3-ubyte.gz",
@@ -86,6 +88,7 @@ DATASETS["fashion_mnist"] = {
 # fills these in (python -m mpi_ensemble fetch_data prints both hashes on a mismatch), kmnist fails closed.
 DATASETS["kmnist"] = {
     "mirrors": ["http://codh.rois.ac.jp/kmnist/dataset/kmnist/", "https://codh.rois.ac.jp/kmnist/dataset/kmnist/"],
+    "train_images": 60000,
     "files": {
         "train_images": ("train-images-idx3-ubyte.gz", None),
         "train_labels": ("train-labels-idx1-ubyte.gz", None),
@@ -299,6 +302,13 @@ def shard_range(n_items, ranks, rank):
         raise ValueError(f"{n_items} training images cannot be split into {ranks} non-empty shards; use fewer ranks")
     stop = n_items if rank == ranks - 1 else (rank + 1) * chunk
     return rank * chunk, stop
+
+
+def train_count(name, max_train=None):
+    """How many training images a run of this dataset uses: the dataset's own count, or max_train if fewer
+    (preprocess also checks the count in the files' headers)."""
+    total = dataset_spec(name)["train_images"]
+    return min(total, max_train) if max_train else total
 
 
 def check_shards(ranks, n_train, validation_split):

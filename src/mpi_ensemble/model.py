@@ -7,11 +7,15 @@ IMAGE_SHAPE = (28, 28, 1)
 CLASSES = 10
 # Raise whenever build_model's layers, initialisers or compile settings change: a checkpoint saved by another
 # version of the model is then discarded instead of resumed.
-MODEL_VERSION = 1
+MODEL_VERSION = 2
 
 
-def build_model(keras, input_shape=IMAGE_SHAPE, classes=CLASSES, steps_per_execution=1):
-    """Conv32-Pool-Conv64-Pool-Conv64-Flatten-Dense64-Dense10: 3x3 valid convs, ReLU, softmax (93,322 params)."""
+def build_model(keras, input_shape=IMAGE_SHAPE, classes=CLASSES, steps_per_execution=1, optimizer="adam"):
+    """Conv32-Pool-Conv64-Pool-Conv64-Flatten-Dense64-Dense10: 3x3 valid convs, ReLU, softmax (93,322 params).
+
+    The output layer computes in float32 whatever the precision policy: under mixed_bfloat16 a bfloat16 softmax
+    (8 bits of mantissa) would feed the loss and the saved probabilities that the soft and tie-break votes use,
+    as Keras' mixed-precision guide warns."""
     layers = keras.layers
     model = keras.Sequential(
         [
@@ -23,13 +27,13 @@ def build_model(keras, input_shape=IMAGE_SHAPE, classes=CLASSES, steps_per_execu
             layers.Conv2D(CONV_FILTERS[2], KERNEL, activation="relu"),
             layers.Flatten(),
             layers.Dense(DENSE_UNITS, activation="relu"),
-            layers.Dense(classes, activation="softmax"),
+            layers.Dense(classes, activation="softmax", dtype="float32"),
         ]
     )
     # Integer labels with the sparse loss equal one-hot labels with categorical cross-entropy, without the copy.
     # steps_per_execution > 1 runs that many train steps per call into the compiled graph: same batches, same
     # updates, fewer Python round trips.
-    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"],
+    model.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy", metrics=["accuracy"],
                   steps_per_execution=steps_per_execution)
     return model
 
@@ -79,3 +83,15 @@ def training_flops_per_image(input_shape=IMAGE_SHAPE):
     the image itself and needs none."""
     flops = layer_flops(input_shape)
     return sum(flops) + sum(flops) + sum(flops[1:])
+
+
+def fit_flops(train_images, validation_images):
+    """What one epoch of `fit` computes: a training step per training image, a forward pass per validation image.
+    The fit time that GFLOP/s divide by holds both, so both are counted (docs/performance.md)."""
+    return train_images * training_flops_per_image() + validation_images * forward_flops()
+
+
+def gflops(train_images, validation_images, epochs, seconds):
+    """GFLOP/s of `epochs` epochs of `fit` on these images in `seconds`: the one formula of summary.csv and the
+    benchmarks."""
+    return fit_flops(train_images, validation_images) * epochs / seconds / 1e9

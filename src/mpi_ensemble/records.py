@@ -22,8 +22,9 @@ ISA_PREFIXES = ("sse4", "avx", "fma", "amx")
 HOST_KEYS = ("host", "cpu_model", "cpu_count", "isa_flags", "versions", "scheduler")
 # What a result keeps of each rank record: its timing, memory and placement.
 RANK_TIMING_KEYS = ("rank", "fit_seconds", "epoch_seconds", "fit_cpu_seconds", "cpu_seconds", "wall_seconds",
-                    "peak_rss_mib", "train_images", "host", "resumed_from_epoch", "checkpoint_seconds",
-                    "weights_sha256")
+                    "peak_rss_mib", "train_images", "validation_images", "host", "resumed_from_epoch",
+                    "resumed_exactly", "checkpoint_seconds", "allreduce_count", "allreduce_seconds",
+                    "allreduce_bytes", "weights_sha256")
 
 
 def cpu_model():
@@ -120,21 +121,31 @@ def cores_used(members, threads, job_cores):
     return min(members * per_rank, job_cores)
 
 
+def resumed_exactly(members):
+    """None when no member resumed; else whether every resumed member did so in its own environment."""
+    resumed = [m for m in members if m.get("resumed_from_epoch")]
+    return None if not resumed else all(m.get("resumed_exactly") is not False for m in resumed)
+
+
 def result_record(method, members, metrics, ties=0, member_accuracy=None, **extra):
     """One method's result on the test set, from the rank records of the processes that trained its model(s).
 
     Every method uses it (sequential, ensemble votes, single_shard, data_parallel), so every result has the
     same fields; `ranks` is the world size of the training job, `rank_timing` one entry per member process;
-    `resumed_from_epoch` the most epochs any member took from a checkpoint (0: a clean, uninterrupted timing)."""
+    `resumed_from_epoch` the most epochs any member took from a checkpoint (0: a clean, uninterrupted timing),
+    `resumed_exactly` False when a member resumed in another environment (its model is not bitwise the uncut
+    one's), None when none resumed."""
     first = members[0]
     threads = first["thread_settings"]["threads"]
     return {
         "method": method, "ranks": first["ranks"], "seed": first["seed"], "threads": threads,
-        "precision": first["precision"], "epochs": first["settings"]["epochs"], "job_cores": first["job_cores"],
+        "precision": first["precision"], "epochs": first["settings"]["epochs"],
+        "batch_size": first["settings"]["batch_size"], "job_cores": first["job_cores"],
         "cores_used": cores_used(len(members), threads, first["job_cores"]),
         "oversubscribed": first["oversubscribed"],
         "metrics": metrics, "ties": int(ties),
         "resumed_from_epoch": max(int(m.get("resumed_from_epoch") or 0) for m in members),
+        "resumed_exactly": resumed_exactly(members),
         "member_accuracy": [float(a) for a in (member_accuracy or [metrics["accuracy"]])],
         "rank_timing": [
             {**{k: m.get(k) for k in RANK_TIMING_KEYS}, "affinity": m["thread_settings"]["affinity"]}

@@ -18,26 +18,31 @@ from . import atomic, model, records
 
 METRICS = ("accuracy", "precision", "recall", "f1")
 COLUMNS = [
-    "method", "ranks", "seed", "threads", "cores_used", "oversubscribed", "compute_precision", "resumed_from_epoch",
+    "method", "ranks", "period", "seed", "threads", "cores_used", "oversubscribed", "compute_precision",
+    "resumed_from_epoch", "resumed_exactly",
     *METRICS, "member_accuracy_mean", "ties",
     "fit_seconds_mean", "fit_seconds_max", "train_job_seconds", "job_seconds",
     "time_decrease_pct", "speedup", "efficiency", "job_speedup",
-    "train_images_per_rank", "cpu_seconds", "images_per_second_per_core", "gflops_per_core",
+    "train_images_per_rank", "steps_per_epoch", "averagings_per_epoch", "allreduces_per_rank",
+    "allreduce_bytes_per_rank", "allreduce_seconds_max", "core_seconds",
+    "cpu_seconds", "images_per_second_per_core", "gflops_per_core",
     "rank_peak_rss_mib", "train_job_max_rss_mib",
 ]
-# Constant within a (method, ranks, threads) group, so they label the group's statistics.
-GROUP = ["method", "ranks", "threads", "cores_used", "oversubscribed", "compute_precision"]
+# Constant within a (method, ranks, period, threads) group, so they label the group's statistics.
+GROUP = ["method", "ranks", "period", "threads", "cores_used", "oversubscribed", "compute_precision"]
 STAT_METRICS = (
     *METRICS, "member_accuracy_mean", "ties", "fit_seconds_mean", "fit_seconds_max", "train_job_seconds",
-    "job_seconds", "time_decrease_pct", "speedup", "efficiency", "job_speedup", "images_per_second_per_core",
-    "gflops_per_core", "rank_peak_rss_mib", "train_job_max_rss_mib",
+    "job_seconds", "time_decrease_pct", "speedup", "efficiency", "job_speedup", "steps_per_epoch",
+    "averagings_per_epoch", "allreduces_per_rank", "allreduce_bytes_per_rank", "allreduce_seconds_max",
+    "core_seconds", "images_per_second_per_core", "gflops_per_core", "rank_peak_rss_mib", "train_job_max_rss_mib",
 )
 # The columns a resumed training job does not measure in full.
 TIMING = ("fit_seconds_mean", "fit_seconds_max", "train_job_seconds", "job_seconds", "time_decrease_pct", "speedup",
-          "efficiency", "job_speedup", "cpu_seconds", "images_per_second_per_core", "gflops_per_core")
+          "efficiency", "job_speedup", "allreduce_seconds_max", "core_seconds", "cpu_seconds",
+          "images_per_second_per_core", "gflops_per_core")
 DIFF_METRICS = ("accuracy", "fit_seconds_max")
-DIFF_COLUMNS = ["metric", "ranks", "method", "threads", "reference", "mean", "reference_mean", "difference",
-                "spread", "n_seeds", "exceeds_spread"]
+DIFF_COLUMNS = ["metric", "ranks", "method", "period", "threads", "reference", "mean", "reference_mean",
+                "difference", "spread", "n_seeds", "exceeds_spread"]
 COMPARISON_COLUMNS = ["machine", "cores", "metric", "unit", "paper", "ours_mean", "ours_sd", "n_seeds", "n_ranks",
                       "our_cores_used", "our_oversubscribed", "difference", "difference_pp", "ratio", "ours_source"]
 
@@ -55,13 +60,19 @@ def read_benchmark(path):
 
 def summary_row(result, benchmarks):
     """One result as a row. `benchmarks` are the Snakemake benchmarks of the jobs on its path, the training job
-    first: `job_seconds` adds them all (training plus the vote or evaluation), `train_job_seconds` is the first."""
+    first: `job_seconds` adds them all (training plus the vote or evaluation), `train_job_seconds` is the first.
+    A result of fewer processes than its training job had (single_shard: rank 0 of N) takes its training time and
+    memory from those processes' own records, not from the whole job's benchmark."""
     timing = pd.DataFrame(result["rank_timing"])
     jobs = [read_benchmark(path) for path in benchmarks]
+    if len(timing) < result["ranks"]:
+        jobs[0] = (timing["wall_seconds"].max(), timing["peak_rss_mib"].max())
     return {
         **{k: result[k] for k in ("method", "ranks", "seed", "threads", "cores_used", "oversubscribed", "ties")},
+        "period": result.get("period"),
         "compute_precision": result["precision"],
         "resumed_from_epoch": int(result.get("resumed_from_epoch") or 0),
+        "resumed_exactly": result.get("resumed_exactly"),
         **{k: result["metrics"][k] for k in METRICS},
         "member_accuracy_mean": sum(result["member_accuracy"]) / len(result["member_accuracy"]),
         "fit_seconds_mean": timing["fit_seconds"].mean(),
@@ -69,11 +80,30 @@ def summary_row(result, benchmarks):
         "train_job_seconds": jobs[0][0],
         "job_seconds": sum(seconds for seconds, _ in jobs),
         "train_images_per_rank": timing["train_images"].min(),
-        "images_trained": timing["train_images"].sum() * result["epochs"],
+        "train_images_total": timing["train_images"].sum() * result["epochs"],
+        **communication(result, timing),
+        "fit_flops": model.fit_flops(timing["train_images"].sum(), column(timing, "validation_images").sum())
+        * result["epochs"],
         "cpu_seconds": timing["cpu_seconds"].sum(),
         "rank_peak_rss_mib": timing["peak_rss_mib"].max(),
         "train_job_max_rss_mib": jobs[0][1],
     }
+
+
+def column(timing, name):
+    """A rank-timing column, zeros where records predate it."""
+    return timing[name].fillna(0) if name in timing else pd.Series(0, index=timing.index)
+
+
+def communication(result, timing):
+    """Steps and averagings per epoch, and what each rank sent: none for methods whose ranks never talk while
+    training (their members' steps are ceil(images / batch)); the sequential run has no averagings to count."""
+    steps = result.get("steps_per_epoch") or math.ceil(timing["train_images"].min() / result["batch_size"])
+    averagings = result.get("averagings_per_epoch", math.nan if result["method"] == "sequential" else 0)
+    return {"steps_per_epoch": steps, "averagings_per_epoch": averagings,
+            "allreduces_per_rank": column(timing, "allreduce_count").max(),
+            "allreduce_bytes_per_rank": column(timing, "allreduce_bytes").mean(),
+            "allreduce_seconds_max": column(timing, "allreduce_seconds").max()}
 
 
 def clean_timings(frame):
@@ -103,11 +133,14 @@ def add_relative_columns(frame):
 
 
 def add_throughput_columns(frame):
-    """Training images per second per core used (over the slowest rank's fit time, validation not counted), and
-    the GFLOP/s per core that means for the model's FLOP count."""
+    """Training images per second per core used over the slowest rank's fit time, and GFLOP/s per core: what the
+    fit time computed (training steps and validation passes, model.fit_flops) over it. Core-seconds: the cores
+    used, held for the slowest rank's fit time."""
     out = frame.copy()
-    out["images_per_second_per_core"] = out["images_trained"] / out["fit_seconds_max"] / out["cores_used"]
-    out["gflops_per_core"] = out["images_per_second_per_core"] * model.training_flops_per_image() / 1e9
+    per_core = out["fit_seconds_max"] * out["cores_used"]
+    out["images_per_second_per_core"] = out["train_images_total"] / per_core
+    out["gflops_per_core"] = out["fit_flops"] / per_core / 1e9
+    out["core_seconds"] = per_core
     return out
 
 
@@ -117,7 +150,8 @@ def summary_table(results):
     frame = add_throughput_columns(add_relative_columns(frame))
     frame["sequential_first"] = frame["method"] != "sequential"
     frame["threads_key"] = frame["threads"].astype(str)
-    frame = frame.sort_values(["sequential_first", "method", "ranks", "threads_key", "seed"])
+    frame["period_key"] = frame["period"].astype(str)
+    frame = frame.sort_values(["sequential_first", "method", "ranks", "period_key", "threads_key", "seed"])
     return frame[COLUMNS].reset_index(drop=True)
 
 
@@ -136,11 +170,13 @@ def rank_times(results):
 
 
 def group_stats(summary):
-    """One row per (method, ranks, threads): n_seeds, n_resumed, and {metric}_mean / {metric}_sd (sample sd, ddof=1);
-    the timings of resumed jobs are left out."""
+    """One row per (method, ranks, period, threads): n_seeds (behind the accuracy statistics), n_timed (behind the
+    timing ones: the seeds whose jobs were not resumed), n_resumed, and {metric}_mean / {metric}_sd (sample sd,
+    ddof=1); the timings of resumed jobs are left out."""
     frame = clean_timings(summary.assign(threads=summary["threads"].astype(str)))
     grouped = frame.groupby(GROUP, sort=False, dropna=False)
     stats = grouped["seed"].nunique().rename("n_seeds").to_frame()
+    stats["n_timed"] = grouped["resumed_from_epoch"].agg(lambda epochs: int((epochs == 0).sum()))
     stats["n_resumed"] = grouped["resumed_from_epoch"].agg(lambda epochs: int((epochs > 0).sum()))
     for metric in STAT_METRICS:
         values = grouped[metric].agg(["mean", "std"])  # pandas' std is the sample sd (ddof=1), NaN for one value
@@ -154,6 +190,11 @@ def exceeds_spread(diff, sd_a, sd_b):
     if any(pd.isna(v) for v in (diff, sd_a, sd_b)):
         return "one seed"
     return "yes" if abs(diff) > sd_a + sd_b else "no"
+
+
+def seed_count(column):
+    """The stats column that counts the seeds behind a metric: resumed jobs give accuracies, not timings."""
+    return "n_timed" if any(column.startswith(t) for t in TIMING) else "n_seeds"
 
 
 def differences(stats):
@@ -172,10 +213,11 @@ def differences(stats):
             for metric in DIFF_METRICS:
                 a, b = row[f"{metric}_mean"], row[f"{metric}_mean_ref"]
                 sd_a, sd_b = row[f"{metric}_sd"], row[f"{metric}_sd_ref"]
+                seeds = seed_count(metric)
                 rows.append({"metric": metric, "ranks": row["ranks"], "method": row["method"],
-                             "threads": row["threads"], "reference": reference, "mean": a, "reference_mean": b,
-                             "difference": a - b, "spread": sd_a + sd_b,
-                             "n_seeds": min(row["n_seeds"], row["n_seeds_ref"]),
+                             "period": row["period"], "threads": row["threads"], "reference": reference, "mean": a,
+                             "reference_mean": b, "difference": a - b, "spread": sd_a + sd_b,
+                             "n_seeds": min(row[seeds], row[f"{seeds}_ref"]),
                              "exceeds_spread": exceeds_spread(a - b, sd_a, sd_b)})
     return pd.DataFrame(rows, columns=DIFF_COLUMNS)
 
@@ -214,7 +256,7 @@ def pick(rows, column, scale, source):
         return empty()
     row = rows.iloc[0]
     return {"ours_mean": row[f"{column}_mean"] * scale, "ours_sd": row[f"{column}_sd"] * scale,
-            "n_seeds": row["n_seeds"], "n_ranks": 1, "our_cores_used": row["cores_used"],
+            "n_seeds": row[seed_count(column)], "n_ranks": 1, "our_cores_used": row["cores_used"],
             "our_oversubscribed": bool(row["oversubscribed"]), "ours_source": source}
 
 

@@ -1,7 +1,15 @@
-"""The training stage: the sequential baseline, the ensemble's MPI ranks and data-parallel training.
+"""The training stage: one epoch loop for every method, and the trainers that hand it their epoch step.
 
-All three share `fit`'s conventions (Keras' validation_split cut, seeded shuffles, only training timed) and write
-the same rank record (records.rank_record); the MPI ranks of both kinds start through one scaffold (`RankJob`).
+`run_epochs` is the only place that resumes from a checkpoint, times an epoch, prints its progress line, keeps the
+history and saves the next checkpoint. A trainer only says how one epoch is trained (its step):
+
+- `KerasEpochs`: one Keras fit() call per epoch on this process's shard, then its validation part: the sequential
+  baseline and the ensemble's members; with `averaging` (allreduce.WeightAveraging) also local SGD, whose ranks
+  average their weights every k steps, and one-shot averaging from a shared start;
+- `allreduce.DataParallelEpochs`: synchronous data-parallel training, gradients allreduced every step.
+
+Timing is the same for every method: `fit_seconds` adds up the epochs' training and validation, and nothing else
+(not the checkpoint writes, not the wait for the other ranks before an epoch starts).
 """
 
 import hashlib
@@ -13,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import allreduce, atomic, checkpoint, data, faults, metrics, model, records, runtime
+from . import allreduce, atomic, checkpoint, data, metrics, model, records, runtime
 
 CLASSES = 10
 # Train steps per call into the compiled graph: the same batches and updates, fewer Python round trips.
@@ -24,31 +32,29 @@ class ModelFileError(ValueError):
     pass
 
 
-# --- the input pipeline and the epoch timer --------------------------------------------------------------------
+# --- random streams: every one a function of (seed, rank) ----------------------------------------------------
 
 
-def epoch_timer(keras):
-    """A callback whose `seconds` lists each epoch's wall time: the first one carries the graph tracing, the rest
-    are the steady state."""
-
-    class EpochTimer(keras.callbacks.Callback):
-        def __init__(self):
-            super().__init__()
-            self.seconds, self._start = [], None
-
-        def on_epoch_begin(self, epoch, logs=None):
-            self._start = time.perf_counter()
-
-        def on_epoch_end(self, epoch, logs=None):
-            self.seconds.append(time.perf_counter() - self._start)
-
-    return EpochTimer()
+def init_seed(seed, rank):
+    """The seed of the initial weights of rank `rank` in a job of seed `seed`, drawn from the pair: seed + rank
+    gave (s, r + 1) and (s + 1, r) the same start, so ensembles of neighbouring seeds shared members."""
+    return int(np.random.SeedSequence([seed, rank]).generate_state(1)[0])
 
 
 def epoch_order(n, seed, rank, epoch):
     """The order in which one epoch visits the n training images: a pure function of (seed, rank, epoch), so a
     resumed job draws exactly the orders the uninterrupted one would have drawn for its remaining epochs."""
     return np.random.default_rng([seed, rank, epoch]).permutation(n)
+
+
+def initial_model(keras, seed, rank, input_shape, settings, optimizer="adam"):
+    """The paper's CNN with the initial weights of (seed, rank)."""
+    keras.utils.set_random_seed(init_seed(seed, rank))
+    return model.build_model(keras, input_shape=input_shape, optimizer=optimizer,
+                             steps_per_execution=steps_per_execution(keras, settings))
+
+
+# --- the input pipeline -------------------------------------------------------------------------------------
 
 
 def tf_dataset(x, y, batch_size, order=None):
@@ -84,21 +90,13 @@ def pipeline_options(tf):
     return options
 
 
-def epoch_inputs(keras, x, y, cut, batch_size, order):
-    """`fit()` training arguments for one epoch on x[:cut] in `order`: our tf.data pipeline on TensorFlow, the
-    reordered arrays on other backends (Keras must not shuffle again: the order is ours)."""
+def batches(keras, x, y, batch_size, order=None):
+    """fit()/evaluate() arguments for x, y in `order`: our tf.data pipeline on TensorFlow, the reordered arrays on
+    other backends (Keras must not shuffle again: the order is ours)."""
     if keras.backend.backend() != "tensorflow":
-        return {"x": x[:cut][order], "y": y[:cut][order], "batch_size": batch_size, "shuffle": False}
-    return {"x": tf_dataset(x[:cut], y[:cut], batch_size, order=order), "shuffle": False}
-
-
-def validation_inputs(keras, x, y, cut, batch_size):
-    """Keras' validation_split cut: x[cut:], in order (None when nothing is held out)."""
-    if cut >= len(x):
-        return None
-    if keras.backend.backend() != "tensorflow":
-        return (x[cut:], y[cut:])
-    return tf_dataset(x[cut:], y[cut:], batch_size)
+        return {"x": x if order is None else x[order], "y": y if order is None else y[order],
+                "batch_size": batch_size}
+    return {"x": tf_dataset(x, y, batch_size, order=order)}
 
 
 def steps_per_execution(keras, settings):
@@ -108,7 +106,7 @@ def steps_per_execution(keras, settings):
     return settings.get("steps_per_execution", STEPS_PER_EXECUTION)
 
 
-# --- progress, history and checkpoints: shared by fit and the data-parallel loop -------------------------------
+# --- progress and history -----------------------------------------------------------------------------------
 
 METRIC_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy")
 HISTORY_COLUMNS = ("rank", "epoch", "epochs", *METRIC_KEYS, "epoch_seconds", "images_per_second",
@@ -145,95 +143,136 @@ def history_of(rows):
     return {k: [row[k] for row in rows] for k in METRIC_KEYS if rows and all(row[k] is not None for row in rows)}
 
 
-def resumed_rows(state):
-    """The history a checkpoint carries, marked as trained before this process started."""
-    return [{**row, "from_checkpoint": True} for row in (state.history if state else [])]
-
-
-def optimizer_state(net):
-    return [np.array(v.numpy()) for v in net.optimizer.variables]
-
-
-def restore(net, state):
-    """Put a checkpoint's weights and optimizer variables (Adam's moments and iteration count) into `net`."""
-    net.optimizer.build(net.trainable_variables)
-    variables = net.optimizer.variables
-    shapes = [tuple(w.shape) for w in net.get_weights()], [tuple(v.shape) for v in variables]
-    saved = [tuple(w.shape) for w in state.weights], [tuple(v.shape) for v in state.optimizer]
-    if shapes != saved:  # checked first, so a refused checkpoint leaves the fresh model untouched
-        raise checkpoint.Discarded("its weight or optimizer shapes differ from this model's")
-    net.set_weights(state.weights)
-    for variable, value in zip(variables, state.optimizer):
-        variable.assign(value)
+# --- checkpoints: what must match, what may differ, and resuming ---------------------------------------------
 
 
 def fingerprint(keras, method, ranks, rank, seed, settings, shard, x, y):
-    """What a checkpoint must have been made with to be resumed: the settings, shard, dataset and model code."""
+    """What a checkpoint must have been made with to be resumed at all: the settings, shard, dataset, model code."""
     return {"method": method, "ranks": ranks, "rank": rank, "seed": seed, **settings, "shard": list(shard),
             "data_sha256": checkpoint.array_sha256(x, y), "model_version": model.MODEL_VERSION,
             "keras": keras.__version__}
 
 
-def checkpoint_store(folder, rank, fp):
+def environment(threads):
+    """What else decides the bits of every step (thread count, kernels, TensorFlow, the CPU's instruction set): a
+    checkpoint made elsewhere still resumes, but the record then says the result is not bitwise the uncut one's."""
+    kernels = runtime.kernel_settings()
+    return {"threads": "all" if threads is None else threads, "cpu_tuning": kernels["cpu_tuning"],
+            "onednn": kernels["onednn"], "tensorflow": records.package_versions().get("tensorflow-cpu")
+            or records.package_versions().get("tensorflow"), "isa_flags": records.isa_flags()}
+
+
+def checkpoint_store(folder, rank, fp, env, keep=1):
     """This process's checkpoints (None: the job keeps none)."""
-    return None if folder is None else checkpoint.Store(Path(folder) / f"rank{rank}", fp)
+    return None if folder is None else checkpoint.Store(Path(folder) / f"rank{rank}", fp, env, keep=keep)
 
 
-def load_state(store, net):
-    """The checkpoint to resume from, restored into `net` (None: start at epoch 0)."""
-    state = store.load() if store else None
-    if state is not None:
-        try:
-            restore(net, state)
-        except checkpoint.Discarded as why:
-            store.log(f"checkpoint {state.path} discarded: {why}")
-            store.remove()
-            return None
-    return state
+def resumed_rows(state):
+    """The history a checkpoint carries, marked as trained before this process started."""
+    return [{**row, "from_checkpoint": True} for row in (state.history if state else [])]
 
 
-# --- fit: the shared training call ---------------------------------------------------------------------------
+# --- the one epoch loop ---------------------------------------------------------------------------------------
 
 
-def fit(keras, x, y, seed, settings, rank=0, callbacks=(), store=None, label="sequential rank 0/1"):
-    """Train the paper's CNN on (x, y) with Keras' validation_split semantics, one `fit()` call per epoch (each
-    epoch's order from `epoch_order`), resuming from `store`'s checkpoint and saving one after every epoch; only
-    the `fit()` calls are timed. The initial weights come from seed + rank."""
-    keras.utils.set_random_seed(seed + rank)
-    net = model.build_model(keras, input_shape=x.shape[1:], steps_per_execution=steps_per_execution(keras, settings))
-    cut = data.validation_split_index(len(x), settings["validation_split"])
-    epochs = settings["epochs"]
-    state = load_state(store, net)
+def run_epochs(step, settings, store=None, label="sequential rank 0/1", rank=0):
+    """Train `step` for settings["epochs"], resuming from `store` and saving a checkpoint after every epoch.
+
+    Only the epochs are timed (`fit_seconds`, `epoch_seconds`): `step.wait_for_ranks()` (ranks that communicate wait
+    there for each other, so no rank's clock counts another's checkpoint write) and the checkpoint writes are not.
+    `step.finish()` (a last weight average) is timed: it is part of making the model. Returns the facts every
+    record carries."""
+    state = step.resume(store)
     start_epoch, rows = (state.epoch, resumed_rows(state)) if state else (0, [])
-    validation = validation_inputs(keras, x, y, cut, settings["batch_size"])
-    timer = epoch_timer(keras)
-    fit_seconds = checkpoint_seconds = 0.0
+    epochs = settings["epochs"]
+    epoch_seconds, checkpoint_seconds = [], 0.0
     cpu_start = records.cpu_seconds()
     for epoch in range(start_epoch, epochs):
-        order = epoch_order(cut, seed, rank, epoch)
-        start = time.perf_counter()
-        history = net.fit(**epoch_inputs(keras, x, y, cut, settings["batch_size"], order), validation_data=validation,
-                          initial_epoch=epoch, epochs=epoch + 1, verbose=0, callbacks=[timer, *callbacks])
-        fit_seconds += time.perf_counter() - start
-        logs = {k: v[-1] for k, v in history.history.items()}
-        rows.append(epoch_row(rank, epoch, epochs, logs, timer.seconds[-1], cut))
+        step.wait_for_ranks()
+        began = time.perf_counter()
+        logs = step.train_epoch(epoch)
+        epoch_seconds.append(time.perf_counter() - began)
+        rows.append(epoch_row(rank, epoch, epochs, logs, epoch_seconds[-1], step.train_images))
         print(progress_line(label, rows[-1]), flush=True)
         if store:
-            start = time.perf_counter()
-            store.put(checkpoint.State(epoch + 1, net.get_weights(), optimizer_state(net), rows))
-            checkpoint_seconds += time.perf_counter() - start
-    facts = {
-        "fit_seconds": fit_seconds,
-        "epoch_seconds": timer.seconds,
+            began = time.perf_counter()
+            store.put(checkpoint.State(epoch + 1, step.net.get_weights(), checkpoint.optimizer_state(step.net), rows))
+            checkpoint_seconds += time.perf_counter() - began
+    step.wait_for_ranks()
+    began = time.perf_counter()
+    step.finish()
+    finish_seconds = time.perf_counter() - began
+    return {
+        "fit_seconds": sum(epoch_seconds) + finish_seconds,
+        "epoch_seconds": epoch_seconds,
         "fit_cpu_seconds": records.cpu_seconds() - cpu_start,
         "checkpoint_seconds": checkpoint_seconds,
         "resumed_from_epoch": start_epoch,
-        "train_images": cut,
-        "validation_images": len(x) - cut,
+        "resumed_exactly": None if state is None else not state.environment_changes,
+        "resume_changes": state.environment_changes if state else [],
+        # Per epoch: the images this process trained on and those it validated (what its fit time computed).
+        "train_images": step.train_images,
+        "validation_images": step.validation_images,
         "history": history_of(rows),
         "history_rows": rows,
+        **step.facts(),
     }
-    return net, facts
+
+
+class KerasEpochs:
+    """The epoch step of a process that trains on its own images (the sequential run, an ensemble member, a local
+    SGD rank): one fit() call on x[:cut] in epoch_order(seed, rank, epoch), then evaluate() on x[cut:], Keras'
+    validation_split cut. `averaging` (allreduce.WeightAveraging) averages the weights across the ranks."""
+
+    def __init__(self, keras, net, x, y, settings, seed, rank, averaging=None, callbacks=()):
+        self.keras, self.net, self.x, self.y = keras, net, x, y
+        self.seed, self.rank, self.batch_size = seed, rank, settings["batch_size"]
+        self.cut = data.validation_split_index(len(x), settings["validation_split"])
+        self.train_images, self.validation_images = self.cut, len(x) - self.cut
+        self.validation = batches(keras, x[self.cut:], y[self.cut:], self.batch_size) if self.validation_images \
+            else None
+        self.averaging = averaging
+        self.callbacks = [*callbacks, *([averaging.callback(keras)] if averaging else [])]
+
+    def resume(self, store):
+        if self.averaging:
+            return self.averaging.resume(store, self.net)
+        return checkpoint.load_state(store, self.net)
+
+    def wait_for_ranks(self):
+        if self.averaging:
+            self.averaging.comm.Barrier()
+
+    def train_epoch(self, epoch):
+        order = epoch_order(self.cut, self.seed, self.rank, epoch)
+        history = self.net.fit(**batches(self.keras, self.x[:self.cut], self.y[:self.cut], self.batch_size, order),
+                               shuffle=False, initial_epoch=epoch, epochs=epoch + 1, verbose=0,
+                               callbacks=self.callbacks)
+        logs = {k: v[-1] for k, v in history.history.items()}
+        if self.averaging:
+            self.averaging.end_epoch(self.net)
+        if self.validation:
+            scores = self.net.evaluate(**self.validation, verbose=0, return_dict=True)
+            logs.update({f"val_{k}": v for k, v in scores.items()})
+        return logs
+
+    def finish(self):
+        if self.averaging:
+            self.averaging.finish(self.net)
+
+    def facts(self):
+        return self.averaging.facts() if self.averaging else {}
+
+
+def fit(keras, x, y, seed, settings, rank=0, store=None, label="sequential rank 0/1", callbacks=()):
+    """A model of its own trained on (x, y) from the initial weights of (seed, rank): the sequential run and each
+    ensemble member. Returns the model and run_epochs' facts."""
+    net = initial_model(keras, seed, rank, x.shape[1:], settings)
+    step = KerasEpochs(keras, net, x, y, settings, seed, rank, callbacks=callbacks)
+    return net, run_epochs(step, settings, store, label, rank)
+
+
+# --- saving, loading and scoring models ------------------------------------------------------------------------
 
 
 def weights_sha256(weights):
@@ -270,12 +309,19 @@ def test_metrics(net, arrays):
     return metrics.classification_metrics(test_y, predict(net, test_x).argmax(axis=1), CLASSES)
 
 
-# --- the three trainers ---------------------------------------------------------------------------------------
-
-
 def write_history(path, facts):
     """history.csv of one model (every epoch, resumed ones included); the record keeps `history` instead."""
     atomic.write_text(path, history_csv(facts.pop("history_rows")))
+
+
+def resumed_note(facts):
+    if not facts["resumed_from_epoch"]:
+        return ""
+    exact = "" if facts["resumed_exactly"] else " (not bitwise: " + "; ".join(facts["resume_changes"]) + ")"
+    return f", resumed after epoch {facts['resumed_from_epoch']}{exact}"
+
+
+# --- the trainers ---------------------------------------------------------------------------------------------
 
 
 def train_sequential(arrays, model_path, result_path, threads, seed, settings, job_cores, history_path=None,
@@ -286,8 +332,9 @@ def train_sequential(arrays, model_path, result_path, threads, seed, settings, j
     runtime.bind_self(threads)
     keras = runtime.import_keras(threads, settings["precision"])
     x, y = data.load_arrays(arrays["train_x"], arrays["train_y"])
-    store = checkpoint_store(checkpoints, 0, fingerprint(keras, "sequential", 1, 0, seed, settings, [0, len(x)], x, y))
-    net, facts = fit(keras, x, y, seed, settings, callbacks=faults.keras_callbacks(keras, 0), store=store)
+    store = checkpoint_store(checkpoints, 0, fingerprint(keras, "sequential", 1, 0, seed, settings, [0, len(x)], x, y),
+                             environment(threads))
+    net, facts = fit(keras, x, y, seed, settings, store=store)
     save_model(net, model_path)
     if history_path:
         write_history(history_path, facts)
@@ -300,12 +347,12 @@ def train_sequential(arrays, model_path, result_path, threads, seed, settings, j
         store.remove()
     return (f"sequential threads={record['thread_settings']['threads']} seed={seed}: "
             f"fit {facts['fit_seconds']:.2f} s, accuracy {scores['accuracy']:.4f}, weights {record['weights_sha256']}"
-            + (f", resumed after epoch {facts['resumed_from_epoch']}" if facts["resumed_from_epoch"] else ""))
+            + resumed_note(facts))
 
 
 class RankJob:
     """What every MPI training rank does around its training: the world, the thread pools (pinned before Keras
-    starts), the oversubscription warning, and its rank record."""
+    starts), the oversubscription warning, its checkpoints and its rank record."""
 
     def __init__(self, method, threads, precision, job_cores):
         from mpi4py import MPI
@@ -322,18 +369,17 @@ class RankJob:
                   "the ranks share cores (oversubscribed), so their fit times do not measure scaling",
                   file=sys.stderr, flush=True)
 
-    def store(self, folder, seed, settings, shard, x, y):
+    def store(self, folder, seed, settings, shard, x, y, keep=1):
         """This rank's checkpoints (None without a folder)."""
-        return checkpoint_store(folder, self.rank, fingerprint(self.keras, self.method, self.size, self.rank, seed,
-                                                                settings, shard, x, y))
+        fp = fingerprint(self.keras, self.method, self.size, self.rank, seed, settings, shard, x, y)
+        return checkpoint_store(folder, self.rank, fp, environment(self.threads), keep)
 
     def record(self, seed, settings, facts, **extra):
         return records.rank_record(self.method, self.rank, self.size, seed, settings, self.threads, self.job_cores,
                                    self.started, facts, mpi_library=records.mpi_library(), **extra)
 
     def report(self, facts, what):
-        resumed = f", resumed after epoch {facts['resumed_from_epoch']}" if facts["resumed_from_epoch"] else ""
-        print(f"{self.label}: {what}, fit {facts['fit_seconds']:.2f} s{resumed}, "
+        print(f"{self.label}: {what}, fit {facts['fit_seconds']:.2f} s{resumed_note(facts)}, "
               f"affinity {sorted(os.sched_getaffinity(0))}", flush=True)
 
 
@@ -345,8 +391,7 @@ def train_mpi_ranks(arrays, out_dir, threads, seed, settings, job_cores, checkpo
     x, y = data.load_arrays(arrays["train_x"], arrays["train_y"], start, stop)
     store = job.store(checkpoints, seed, settings, [start, stop], x, y)
     job.comm.Barrier()  # start the clocks together so the slowest rank's fit time is the phase's wall time
-    net, facts = fit(job.keras, x, y, seed, settings, rank=job.rank, store=store, label=job.label,
-                     callbacks=faults.keras_callbacks(job.keras, job.rank))
+    net, facts = fit(job.keras, x, y, seed, settings, job.rank, store, job.label)
     out = Path(out_dir)
     save_model(net, out / f"rank{job.rank}.keras")
     write_history(out / f"rank{job.rank}_history.csv", facts)
@@ -359,18 +404,14 @@ def train_mpi_ranks(arrays, out_dir, threads, seed, settings, job_cores, checkpo
     job.report(facts, f"shard [{start}, {stop}), weights {checksum}")
 
 
-def train_data_parallel(arrays, out_dir, threads, seed, settings, job_cores, checkpoints=None):
-    """One rank of synchronous data-parallel training; rank 0 checks the replicas agree, saves and scores, and
-    keeps the job's checkpoints (the replicas are identical, so one copy serves every rank)."""
-    job = RankJob("data_parallel", threads, settings["precision"], job_cores)
-    x, y = data.load_arrays(arrays["train_x"], arrays["train_y"])
-    store = job.store(checkpoints, seed, settings, [0, len(x)], x, y) if job.rank == 0 else None
-    net, facts = allreduce.train(job.keras, job.comm, x, y, seed, settings, store=store, label=job.label)
+def finish_shared_model(job, net, facts, seed, settings, arrays, out_dir, method, shard, store, **extra):
+    """The end of a job whose ranks hold one model (data-parallel, local SGD): every rank writes its record, the
+    replicas must agree, and rank 0 saves, scores and writes the history and the result."""
     checksum = weights_sha256(net.get_weights())
     checksums = job.comm.allgather(checksum)
     out = Path(out_dir)
     rows = facts.pop("history_rows")
-    record = job.record(seed, settings, facts, shard=[0, len(x)], weights_sha256=checksum)
+    record = job.record(seed, settings, facts, shard=shard, weights_sha256=checksum)
     atomic.write_json(out / f"rank{job.rank}.json", record)
     members = job.comm.gather(record, root=0)
     job.report(facts, f"weights {checksum}")
@@ -378,11 +419,48 @@ def train_data_parallel(arrays, out_dir, threads, seed, settings, job_cores, che
         allreduce.check_identical(checksums)
         save_model(net, out / "model.keras")
         atomic.write_text(out / "history.csv", history_csv(rows))
-        result = records.result_record("data_parallel", members, test_metrics(net, arrays),
-                                       steps_per_epoch=facts["steps_per_epoch"], weights_identical=True)
+        result = records.result_record(method, members, test_metrics(net, arrays), weights_identical=True,
+                                       steps_per_epoch=facts["steps_per_epoch"],
+                                       averagings_per_epoch=facts["averagings_per_epoch"], **extra)
         atomic.write_json(out / "result.json", result)
-        print(f"data_parallel ranks={job.size} seed={seed}: accuracy {result['metrics']['accuracy']:.4f}, "
-              f"{facts['steps_per_epoch']} steps/epoch, replicas identical", flush=True)
-        if store:
-            store.remove()
+        print(f"{method} ranks={job.size} seed={seed}: accuracy {result['metrics']['accuracy']:.4f}, "
+              f"{facts['steps_per_epoch']} steps/epoch, {facts['averagings_per_epoch']:g} averagings/epoch, "
+              "replicas identical", flush=True)
     job.comm.Barrier()
+    if store:
+        store.remove()
+
+
+def train_data_parallel(arrays, out_dir, threads, seed, settings, job_cores, checkpoints=None):
+    """One rank of synchronous data-parallel training; rank 0 checks the replicas agree, saves and scores, and
+    keeps the job's checkpoints (the replicas are identical, so one copy serves every rank)."""
+    job = RankJob("data_parallel", threads, settings["precision"], job_cores)
+    x, y = data.load_arrays(arrays["train_x"], arrays["train_y"])
+    store = job.store(checkpoints, seed, settings, [0, len(x)], x, y) if job.rank == 0 else None
+    net = initial_model(job.keras, seed, 0, x.shape[1:], settings)
+    step = allreduce.DataParallelEpochs(job.keras, net, job.comm, x, y, settings, seed)
+    facts = run_epochs(step, settings, store, job.label, job.rank)
+    finish_shared_model(job, net, facts, seed, settings, arrays, out_dir, "data_parallel", [0, len(x)], store)
+
+
+def train_local_sgd(arrays, out_dir, threads, seed, settings, period, job_cores, checkpoints=None):
+    """One rank of local SGD: every rank starts from rank 0's initial weights, trains on its own shard as an
+    ensemble member does, and the ranks average their weights every `period` local steps ("epoch": once at each
+    epoch's end; None: only once, at the end, the one-shot average from a shared start). Each rank keeps its own
+    optimizer state; rank 0 saves and scores the averaged model."""
+    method = "local_sgd" if period is not None else "weight_average_shared_start"
+    job = RankJob(method, threads, settings["precision"], job_cores)
+    n_train = data.count_items(arrays["train_y"])
+    start, stop = data.shard_range(n_train, job.size, job.rank)
+    x, y = data.load_arrays(arrays["train_x"], arrays["train_y"], start, stop)
+    store = job.store(checkpoints, seed, {**settings, "period": period}, [start, stop], x, y, keep=2)
+    common = allreduce.common_steps(n_train, job.size, settings)
+    every = period if isinstance(period, int) else None
+    # Keras calls back after each call into the graph: its steps must divide the averaging period.
+    spe = int(np.gcd(every, STEPS_PER_EXECUTION)) if every else STEPS_PER_EXECUTION
+    net = initial_model(job.keras, seed, 0, x.shape[1:], {**settings, "steps_per_execution": spe})
+    averaging = allreduce.WeightAveraging(job.comm, every, common, period)
+    step = KerasEpochs(job.keras, net, x, y, settings, seed, job.rank, averaging=averaging)
+    facts = run_epochs(step, settings, store, job.label, job.rank)
+    finish_shared_model(job, net, facts, seed, settings, arrays, out_dir, method, [start, stop], store,
+                        period=facts["period"])

@@ -61,7 +61,12 @@ CORES = runtime.job_cores(workflow.resource_settings.cores)
 # unless control_ranks is "all"; N = 1 has no single-shard control (it would be the 1-rank ensemble again).
 CONTROL_RANKS = [n for n in RANKS if config["control_ranks"] == "all" or n <= CORES]
 SHARD_RANKS = [n for n in CONTROL_RANKS if n > 1]
-refuse(data.check_shards, RANKS, config["max_train_images"] or 60000, config["validation_split"])
+refuse(
+    data.check_shards,
+    RANKS,
+    data.train_count(DATASET, config["max_train_images"]),
+    config["validation_split"],
+)
 DATA_SOURCE = refuse(data.data_source, config["data_dir"], ROOT / "data" / DATASET, FILES)
 
 
