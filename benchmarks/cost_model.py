@@ -137,15 +137,18 @@ def residuals(points, fits):
 
 
 def compute_summary(steps):
-    """Per kind of step (`kind`: "local", a Keras fit step of the ensemble and local SGD; "data_parallel", the
-    custom loop's step without communication): fixed seconds per step and seconds per image, by least squares
-    over the measured batch sizes (medians per `images`)."""
+    """Per kind of step ("local" and "local_spe1": a Keras fit step of the ensemble and local SGD, 16 or 1 steps
+    per call into the graph; "data_parallel": the custom loop's step without communication; "averaging": the
+    copies around one weight averaging): fixed seconds per step and seconds per image, by least squares over the
+    measured batch sizes (medians per `images`)."""
     rows = []
     for kind, group in steps.groupby("kind", sort=False):
         medians = group.groupby("images")["seconds"].median()
+        if len(medians) < 2:  # one size (the averaging's copies): a fixed cost
+            rows.append({"kind": kind, "fixed_s": float(medians.iloc[0]), "per_image_s": 0.0})
+            continue
         per_image, fixed = np.polyfit(medians.index.to_numpy(float), medians.to_numpy(float), 1)
-        rows.append({"kind": kind, "fixed_s": float(fixed), "per_image_s": float(per_image),
-                     "batch_64_s": float(step_time(steps, kind, BATCH))})
+        rows.append({"kind": kind, "fixed_s": float(fixed), "per_image_s": float(per_image)})
     return pd.DataFrame(rows)
 
 
@@ -170,22 +173,35 @@ def shard_batches(n, images=TRAIN_IMAGES, batch=BATCH):
     return divmod(-(-images // n), batch)
 
 
-def local_compute(steps, n):
+def local_kind(k):
+    """The step kind local training runs: Keras calls back only between calls into the graph, so an averaging
+    period k of local SGD sets steps_per_execution to gcd(k, 16). "local" was measured at 16, "local_spe1" at 1
+    (any gcd below 16 is charged as 1: an upper bound)."""
+    return "local" if k in (None, "epoch") or math.gcd(k, 16) == 16 else "local_spe1"
+
+
+def local_compute(steps, n, kind="local", images=TRAIN_IMAGES):
     """(seconds, steps) of one epoch of local training on the largest shard."""
-    full, last = shard_batches(n)
-    seconds = full * step_time(steps, "local", BATCH) + (step_time(steps, "local", last) if last else 0.0)
+    full, last = shard_batches(n, images)
+    seconds = full * step_time(steps, kind, BATCH) + (step_time(steps, kind, last) if last else 0.0)
     return seconds, full + (1 if last else 0)
 
 
-def averagings(k, local_steps):
-    """Weight averagings per epoch: every k local steps, the count running on across epochs (so a fraction when
-    an epoch has fewer than k steps); "epoch" is one per epoch."""
-    return 1.0 if k == "epoch" else local_steps / k
+def averagings(k, local_steps, epochs):
+    """Weight averagings per epoch, as local SGD runs them: after every k-th local step within each epoch (the
+    count starts again each epoch), or once per epoch ("epoch"); and once more at the end of training where the
+    ranks' weights still differ, i.e. when an epoch's last step is not an averaging point (spread over the
+    epochs)."""
+    if k == "epoch":
+        return 1.0
+    return local_steps // k + (1 / epochs if local_steps % k else 0.0)
 
 
-def epoch_time(method, n, steps, alpha, beta, k=None, epochs=5, allreduce=None):
-    """{compute_s, communication_s, seconds} of one epoch on 48,000 images at n ranks, training steps only
-    (validation left out). `allreduce(nbytes)` overrides the model's Allreduce seconds (measured points)."""
+def epoch_time(method, n, steps, alpha, beta, k=None, epochs=5, allreduce=None, images=TRAIN_IMAGES):
+    """{compute_s, communication_s, seconds} of one epoch on `images` training images at n ranks, training steps
+    only (validation left out). Communication is the Allreduce alone; the copies around a weight averaging
+    (measured as kind "averaging") count as compute. `allreduce(nbytes)` overrides the model's Allreduce seconds
+    (measured points)."""
     def comm(nbytes):
         if n == 1:
             return 0.0
@@ -194,19 +210,23 @@ def epoch_time(method, n, steps, alpha, beta, k=None, epochs=5, allreduce=None):
     if method == "data_parallel":
         # The global batch of 64 is split over the ranks: the slowest holds ceil(64/n) images, and beyond
         # n = 64 some ranks hold none but still join every step's Allreduce.
-        count = -(-TRAIN_IMAGES // BATCH)
+        count = -(-images // BATCH)
         compute = count * step_time(steps, "data_parallel", -(-BATCH // n))
-        communication = count * comm(GRADIENT_BYTES)
+        return parts(compute, count * comm(GRADIENT_BYTES))
+    if method not in ("ensemble", "one_shot", "local_sgd"):
+        raise ValueError(f"unknown method {method!r}: ensemble, one_shot, local_sgd or data_parallel")
+    compute, local_steps = local_compute(steps, n, local_kind(k if method == "local_sgd" else None), images)
+    if method == "ensemble":
+        count = 0.0
+    elif method == "one_shot":
+        count = 1 / epochs
     else:
-        compute, local_steps = local_compute(steps, n)
-        if method == "ensemble":
-            communication = 0.0
-        elif method == "one_shot":
-            communication = comm(MODEL_BYTES) / epochs
-        elif method == "local_sgd":
-            communication = averagings(k, local_steps) * comm(MODEL_BYTES)
-        else:
-            raise ValueError(f"unknown method {method!r}: ensemble, one_shot, local_sgd or data_parallel")
+        count = averagings(k, local_steps, epochs)
+    copies = count * step_time(steps, "averaging", 0) if count and n > 1 else 0.0
+    return parts(compute + copies, count * comm(MODEL_BYTES))
+
+
+def parts(compute, communication):
     return {"compute_s": compute, "communication_s": communication, "seconds": compute + communication}
 
 

@@ -63,7 +63,9 @@ SIZES = [8, 64, 512, 4096, 32768, 131072, cost_model.MODEL_BYTES, 1048576, 41943
 FORCED = ("recursive_doubling", "reduce_scatter_allgather", "ring")
 FORCED_SIZES = [8, 65536, cost_model.MODEL_BYTES]
 RANKS = (2, 3)
-IMAGES = {"local": [1, 4, 16, 32, 47, 64], "data_parallel": [1, 2, 4, 8, 16, 22, 32, 64]}
+# Batch sizes timed per kind of step; "averaging" (the copies around one weight averaging) has no images.
+IMAGES = {"local": [1, 4, 16, 32, 47, 64], "data_parallel": [1, 2, 4, 8, 16, 22, 32, 64],
+          "local_spe1": [1, 47, 64], "averaging": [0]}
 STEPS_TIMED = 64
 # The least fraction of its shaped rate a network's fit must reach to be projected as measured.
 CARRIED = 0.8
@@ -75,6 +77,8 @@ def parse_args(argv=None):
     p.add_argument("--phase", choices=["all", "compute", "network", "model", "jobs", "calibrate"], default="all")
     p.add_argument("--networks", nargs="+", choices=list(NETWORKS), default=list(NETWORKS))
     p.add_argument("--repeats", type=int, default=5, help="fresh processes per step measurement (default 5)")
+    p.add_argument("--kinds", nargs="+", choices=list(IMAGES), default=list(IMAGES),
+                   help="the kinds of step the compute phase times (default all)")
     p.add_argument("--rounds", type=int, default=2, help="sweeps over all networks, interleaved (default 2)")
     p.add_argument("--quick", action="store_true", help="1 repeat, 1 round, fewer calls: checks that it runs")
     p.add_argument("--check-records", help="a job's folder of rank{r}.json: compare with the model of --network")
@@ -106,10 +110,11 @@ def step_worker(kind, core, images):
 
     keras = runtime.import_keras(1)
     rng = np.random.default_rng(0)
-    x = rng.random((STEPS_TIMED * max(images), 28, 28, 1), dtype=np.float32)
+    x = rng.random((STEPS_TIMED * max(max(images), 1), 28, 28, 1), dtype=np.float32)
     y = rng.integers(0, 10, len(x)).astype(np.int64)
-    net = model.build_model(keras, steps_per_execution=16)
-    timer = local_step if kind == "local" else data_parallel_step(keras, net)
+    net = model.build_model(keras, steps_per_execution=1 if kind == "local_spe1" else 16)
+    timer = {"local": local_step, "local_spe1": local_step, "averaging": averaging_copies,
+             "data_parallel": data_parallel_step(keras, net, x, y)}[kind]
     for b in images:
         wall, cpu = timer(keras, net, x[:STEPS_TIMED * b], y[:STEPS_TIMED * b], b)
         print(json.dumps({"kind": kind, "images": b, "seconds": cpu / STEPS_TIMED, "wall_s": wall / STEPS_TIMED,
@@ -126,14 +131,31 @@ def local_step(keras, net, x, y, batch):
     return time.perf_counter() - wall, records.cpu_seconds() - cpu
 
 
-def data_parallel_step(keras, net):
-    """The data-parallel loop's step on one rank (allreduce.Trainer over MPI.COMM_SELF: the Allreduce is a copy),
-    its slice of a global batch of 64."""
+def averaging_copies(keras, net, x, y, batch):
+    """Local SGD's weight averaging on one rank (allreduce.WeightAveraging over MPI.COMM_SELF): the weights out of
+    Keras, flattened, allreduced (a copy here), divided and set back: what an averaging costs beyond the network."""
     from mpi4py import MPI
 
     from mpi_ensemble import allreduce
 
-    trainer = allreduce.Trainer(keras, net, MPI.COMM_SELF)
+    averaging = allreduce.WeightAveraging(MPI.COMM_SELF, None, 0, None)
+    for _ in range(4):
+        averaging.average(net)
+    wall, cpu = time.perf_counter(), records.cpu_seconds()
+    for _ in range(STEPS_TIMED):
+        averaging.average(net)
+    return time.perf_counter() - wall, records.cpu_seconds() - cpu
+
+
+def data_parallel_step(keras, net, x, y):
+    """The data-parallel loop's step on one rank (allreduce.DataParallelEpochs over MPI.COMM_SELF: the Allreduce
+    is a copy), its slice of a global batch of 64."""
+    from mpi4py import MPI
+
+    from mpi_ensemble import allreduce
+
+    settings = {"batch_size": cost_model.BATCH, "validation_split": 0.0}
+    trainer = allreduce.DataParallelEpochs(keras, net, MPI.COMM_SELF, x, y, settings, 0)
 
     def timer(keras, net, x, y, batch):
         for i in range(4):
@@ -147,10 +169,12 @@ def data_parallel_step(keras, net):
 
 
 def measure_compute(args, out):
-    """--repeats fresh processes per kind, interleaved, each on core 0 with 1 thread."""
+    """--repeats fresh processes per kind of --kinds, interleaved, each on core 0 with 1 thread; replaces those
+    kinds' rows of OUT/compute.csv."""
     rows = []
     for repeat in range(args.repeats):
-        for kind, images in IMAGES.items():
+        for kind in args.kinds:
+            images = IMAGES[kind]
             wait_for_quiet(args)
             cmd = [sys.executable, __file__, "--out", str(out), "--step-worker", kind, "0", *map(str, images)]
             env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
@@ -161,6 +185,9 @@ def measure_compute(args, out):
                      if line.startswith("{")]
             print(f"compute repeat {repeat + 1}/{args.repeats} {kind}: done, load {loadavg()}", flush=True)
     steps = pd.DataFrame(rows)
+    if (out / "compute.csv").exists():
+        kept = pd.read_csv(out / "compute.csv")
+        steps = pd.concat([kept[~kept["kind"].isin(args.kinds)], steps], ignore_index=True)
     steps.to_csv(out / "compute.csv", index=False)
     return steps
 
@@ -505,35 +532,45 @@ def loadavg():
 # --- real jobs on the shaped cluster ------------------------------------------------------------------------------
 
 
-def job_command(n, arrays, folder, epochs):
-    """The workflow's data-parallel training command, n ranks on n nodes, 1 thread each."""
+# The real jobs: (label, command, period of local SGD); training images and epochs; no validation, so an epoch
+# is training steps only, as in the model.
+JOBS = [("data-parallel", "train_data_parallel", None), ("local_sgd k=1", "train_local_sgd", 1),
+        ("local_sgd k=16", "train_local_sgd", 16), ("local_sgd k=epoch", "train_local_sgd", "epoch")]
+JOB_IMAGES, JOB_EPOCHS = 6400, 2
+
+
+def job_command(command, period, n, arrays, folder):
+    """The workflow's training command, n ranks on n nodes, 1 thread each."""
     flags = [f"--{name.replace('_', '-')}={path}" for name, path in arrays.items()]
+    if period is not None:
+        flags.append(f"--period={period}")
     return [slurm_cluster().find("srun"), "--mpi=pmi2", "-N", str(n), "-n", str(n), "--mem-per-cpu", "2000",
-            sys.executable, "-m", "mpi4py", "-m", "mpi_ensemble", "train_data_parallel", *flags, "--threads", "1",
-            "--job-cores", str(n), "--seed", "0", "--epochs", str(epochs), "--batch-size", str(cost_model.BATCH),
-            "--validation-split", "0.2", "--out-dir", str(folder)]
+            sys.executable, "-m", "mpi4py", "-m", "mpi_ensemble", command, *flags, "--threads", "1",
+            "--job-cores", str(n), "--seed", "0", "--epochs", str(JOB_EPOCHS), "--batch-size", str(cost_model.BATCH),
+            "--validation-split", "0", "--out-dir", str(folder)]
 
 
-def job_row(name, n, folder, steps, fit):
-    """A finished job's last epoch per step (the first carries graph tracing) against the model's step."""
+def job_row(name, label, period, n, folder, steps, fit):
+    """A finished job against the model: its last epoch (the first carries graph tracing; slowest rank) and its
+    mean Allreduce, from the rank records."""
     ranks = [json.loads((folder / f"rank{r}.json").read_text()) for r in range(n)]
-    count = ranks[0]["steps_per_epoch"]
-    measured = max(r["epoch_seconds"][-1] for r in ranks) / count
-    compute = cost_model.step_time(steps, "data_parallel", -(-cost_model.BATCH // n))
-    comm = cost_model.allreduce_seconds(fit["alpha_s"], fit["beta_s_per_byte"], n, cost_model.GRADIENT_BYTES)
-    row = {"network": name, "ranks": n, "hosts": ",".join(r["host"] for r in ranks), "steps": count,
-           "measured_step_s": measured, "model_step_s": compute + comm, "model_compute_s": compute,
-           "model_allreduce_s": comm, "model_over_measured": (compute + comm) / measured, "loadavg": loadavg()}
-    if all("allreduce_count" in r for r in ranks):
-        checked = cost_model.check_records(ranks, fit)
-        row.update(allreduce_measured_s=checked["measured_s"].max(), allreduce_model_over_measured=
-                   checked["model_over_measured"].min())
-    return row
+    method = "data_parallel" if period is None else "local_sgd"
+    model = cost_model.epoch_time(method, n, steps, fit["alpha_s"], fit["beta_s_per_byte"], k=period,
+                                  epochs=JOB_EPOCHS, images=JOB_IMAGES)
+    checked = cost_model.check_records(ranks, fit)
+    measured = max(r["epoch_seconds"][-1] for r in ranks)
+    return {"network": name, "method": label, "ranks": n, "hosts": ",".join(r["host"] for r in ranks),
+            "steps_per_epoch": ranks[0]["steps_per_epoch"], "allreduce_calls": int(checked["calls"].max()),
+            "allreduce_payload_bytes": checked["payload_bytes"].max(), "allreduce_measured_s": checked["measured_s"].max(),
+            "allreduce_model_s": checked["model_s"].max(), "epoch_measured_s": measured,
+            "epoch_model_s": model["seconds"], "epoch_model_over_measured": model["seconds"] / measured,
+            "allreduce_share_of_fit": checked["allreduce_share_of_fit"].max(), "loadavg": loadavg()}
 
 
 def jobs_phase(args, out):
-    """Real data-parallel jobs (the workflow's command, 2 epochs on 8,000 images) on the shaped cluster at
-    N = --job-ranks, one rank per node, against the model fitted in OUT. At N = 3 the ranks share 2 cores."""
+    """Real jobs (the workflow's commands, JOB_EPOCHS epochs on JOB_IMAGES images, no validation) on the shaped
+    cluster at N = --job-ranks, one rank per node, against the model fitted in OUT. At N = 3 the ranks share
+    2 cores: those epochs are oversubscribed."""
     from mpi_ensemble import data
 
     fits, steps = json.loads((out / "fit.json").read_text())["measured"], pd.read_csv(out / "compute.csv")
@@ -541,22 +578,23 @@ def jobs_phase(args, out):
     with tempfile.TemporaryDirectory(prefix="network-jobs-") as tmp:
         arrays = {name: Path(tmp) / f"{name}.npy" for name in data.ARRAY_NAMES}
         src = ROOT / "data" / "mnist"
-        data.preprocess([src / f for f in data.file_names("mnist")], arrays, "mnist", 8000, 500)
+        data.preprocess([src / f for f in data.file_names("mnist")], arrays, "mnist", JOB_IMAGES, 500)
         cluster = sc.NodesCluster(Path(tmp) / "cluster", nodes=3, cpus=1, memory_mb=4000)
         with sc.running(cluster):
             for name in args.networks:
                 rate = NETWORKS[name][1]
                 cluster.network.shape(rate) if rate else cluster.network.unshape()
                 for n in args.job_ranks:
-                    folder = Path(tmp) / f"{name}-{n}"
-                    wait_for_quiet(args)
-                    env = {**cluster.env, "PYTHONPATH": str(ROOT / "src"), "TF_CPP_MIN_LOG_LEVEL": "2"}
-                    done = subprocess.run(job_command(n, arrays, folder, 2), capture_output=True, text=True,
-                                          env=env, timeout=900)
-                    if done.returncode != 0:
-                        raise RuntimeError(f"the {name} job at N = {n} failed:\n{done.stderr[-3000:]}")
-                    rows.append(job_row(name, n, folder, steps, fits[name]))
-                    print(json.dumps(rows[-1]), flush=True)
+                    for label, command, period in JOBS:
+                        folder = Path(tmp) / f"{name}-{n}-{command}-{period}"
+                        wait_for_quiet(args)
+                        env = {**cluster.env, "PYTHONPATH": str(ROOT / "src"), "TF_CPP_MIN_LOG_LEVEL": "2"}
+                        done = subprocess.run(job_command(command, period, n, arrays, folder), capture_output=True,
+                                              text=True, env=env, timeout=900)
+                        if done.returncode != 0:
+                            raise RuntimeError(f"{label} on {name} at N = {n} failed:\n{done.stderr[-3000:]}")
+                        rows.append(job_row(name, label, period, n, folder, steps, fits[name]))
+                        print(json.dumps(rows[-1]), flush=True)
     table = pd.DataFrame(rows)
     table.to_csv(out / "jobs.csv", index=False)
     print(table.to_string(index=False))

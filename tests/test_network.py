@@ -94,11 +94,14 @@ def test_alpha_comes_from_the_small_messages_and_beta_weighs_relative_error():
 # --- compute per step and the projection ---------------------------------------------------------------------------
 
 
-def steps_table(local=(1e-3, 2e-4), dp=(3e-3, 2e-4)):
-    """Step seconds linear in the images: fixed + per image, for both kinds, at the benchmark's batch sizes."""
+def steps_table(local=(1e-3, 2e-4), dp=(3e-3, 2e-4), spe1=(2e-3, 2e-4), copies=5e-4):
+    """Step seconds linear in the images: fixed + per image, for each kind, at the benchmark's batch sizes; and
+    the copies of one weight averaging."""
     rows = [{"kind": kind, "images": b, "seconds": fixed + per * b, "repeat": r}
             for kind, (fixed, per), sizes in (("local", local, (1, 16, 32, 47, 64)),
-                                              ("data_parallel", dp, (1, 2, 22, 32, 64)))
+                                              ("local_spe1", spe1, (1, 47, 64)),
+                                              ("data_parallel", dp, (1, 2, 22, 32, 64)),
+                                              ("averaging", (copies, 0.0), (0,)))
             for b in sizes for r in range(3)]
     return pd.DataFrame(rows)
 
@@ -118,15 +121,30 @@ def test_ensemble_and_local_sgd_train_the_largest_shard():
     t64 = 1e-3 + 64 * 2e-4
     assert cm.shard_batches(2) == (375, 0)
     assert cm.shard_batches(1024) == (0, 47)  # ceil(48000 / 1024) = 47 images: one short batch
+    assert cm.shard_batches(3, images=6400) == (33, 22)
     ensemble = cm.epoch_time("ensemble", 2, steps, 1e-5, 1e-9)
     assert ensemble == {"compute_s": pytest.approx(375 * t64), "communication_s": 0.0,
                         "seconds": pytest.approx(375 * t64)}
     assert cm.epoch_time("ensemble", 1024, steps, 1e-5, 1e-9)["compute_s"] == pytest.approx(1e-3 + 47 * 2e-4)
     ar = cm.allreduce_seconds(1e-5, 1e-9, 2, M)
-    assert cm.epoch_time("local_sgd", 2, steps, 1e-5, 1e-9, k=16)["communication_s"] == pytest.approx(375 / 16 * ar)
+    # 375 steps: 23 averagings at k = 16, and the last 7 steps leave the weights apart: one more at the end.
+    k16 = cm.epoch_time("local_sgd", 2, steps, 1e-5, 1e-9, k=16, epochs=5)
+    assert k16["communication_s"] == pytest.approx((23 + 1 / 5) * ar)
+    assert k16["compute_s"] == pytest.approx(375 * t64 + (23 + 1 / 5) * 5e-4)  # the averaging's copies
     assert cm.epoch_time("local_sgd", 2, steps, 1e-5, 1e-9, k="epoch")["communication_s"] == pytest.approx(ar)
     assert cm.epoch_time("one_shot", 2, steps, 1e-5, 1e-9, epochs=5)["communication_s"] == pytest.approx(ar / 5)
     assert cm.epoch_time("local_sgd", 1, steps, 1e-5, 1e-9, k=1)["communication_s"] == 0.0
+
+
+def test_averaging_every_step_runs_one_step_per_call_into_the_graph():
+    steps = steps_table()
+    k1 = cm.epoch_time("local_sgd", 2, steps, 1e-5, 1e-9, k=1)
+    assert k1["compute_s"] == pytest.approx(375 * (2e-3 + 64 * 2e-4) + 375 * 5e-4)
+    assert cm.local_kind(1) == cm.local_kind(8) == "local_spe1"
+    assert cm.local_kind(16) == cm.local_kind(32) == cm.local_kind("epoch") == "local"
+    # One local step per epoch at N = 1,024: at k = 16 no averaging within it, one at the end of training.
+    assert cm.averagings(16, 1, epochs=5) == pytest.approx(0.2)
+    assert cm.averagings(16, 32, epochs=5) == 2
 
 
 def test_data_parallel_keeps_750_steps_and_its_slowest_rank_holds_ceil_64_over_n():
