@@ -1,21 +1,21 @@
 """What communication costs: Allreduce measured on the test cluster's emulated network, an α–β model fitted to it,
 and each way of training projected to N = 1,024 ranks. Prints tables, writes the results folder.
 
-    # as root, with SLURM and iproute2 (as tests/test_nodes.py needs); about 15 minutes on 2 busy cores
+    # as root, with SLURM and iproute2 (as tests/test_nodes.py needs); 20-30 minutes on 2 busy cores
     .venv/bin/python benchmarks/network.py --out benchmarks/results/network-MACHINE-DATE
     .venv/bin/python benchmarks/network.py --out DIR --phase compute     # the step times alone (no cluster)
     .venv/bin/python benchmarks/network.py --out DIR --phase network     # the Allreduce sweep on the cluster
     .venv/bin/python benchmarks/network.py --out DIR --phase model       # fit, projection, figure from DIR's CSVs
-    .venv/bin/python benchmarks/network.py --out DIR --phase jobs        # real data_parallel jobs, shaped, vs model
-    .venv/bin/python benchmarks/network.py --out DIR --check-records results/data_parallel/ranks2/seed0 \\
-        --network 1gbit                                                   # any job's rank records vs the model
+    .venv/bin/python benchmarks/network.py --out DIR --phase jobs --networks 1gbit --job-ranks 2 3
+    .venv/bin/python benchmarks/network.py --out DIR --check-records results/local_sgd/... --network 1gbit
 
 Phases:
   compute  the paper's CNN, one process alone on one core with 1 thread (each rank of the test cluster has one
            CPU; the 3 nodes share this machine's cores, so steps timed on the cluster would be oversubscribed):
-           seconds per step of a Keras fit step ("local": ensemble, local SGD) and of the data-parallel loop's
-           step without communication ("data_parallel": gradient, flatten, apply), at several batch sizes;
-           medians over --repeats fresh processes.
+           CPU seconds per step of a Keras fit step at 16 and at 1 step per graph call ("local", "local_spe1":
+           ensemble, local SGD), of the data-parallel step without communication ("data_parallel": gradient,
+           flatten, apply), at several batch sizes, and of the copies around one weight averaging
+           ("averaging"); medians over --repeats fresh processes.
   network  NodesCluster (tests/slurm_cluster.py, 3 nodes), links shaped with tc's token bucket to each rate of
            --networks (both directions of every node's link). Per network and N = 2, 3, one rank per node
            (`srun --mpi=pmi2`, the pip MPICH): Allreduce seconds from 8 B to 4 MB, with MPICH's own choice of
@@ -23,8 +23,9 @@ Phases:
            interleaves the networks.
   model    α from the small messages, β by least squares (benchmarks/cost_model.py); the time per epoch of each
            method at N = 1..1024 on each network; crossovers; the figure.
-  jobs     the workflow's data-parallel training command at N = 2, 3 on the shaped cluster, its time per step
-           against the model's. `--check-records` compares any job's records that count their Allreduce calls.
+  jobs     the workflow's data-parallel and local SGD commands (k = 1, 16, epoch) on the shaped cluster, one rank
+           per node: their epoch and their mean Allreduce (from the rank records) against the model's.
+           `--check-records` compares any job's records that count their Allreduce calls.
   calibrate  how the token bucket's size and the links' segmentation-offload size change a 1 Gbit/s link
            (2 nodes, 4 MiB and 373,288 B Allreduce): the measurements behind slurm_cluster's BURST_BYTES and
            GSO_BYTES. Not part of "all".
@@ -56,7 +57,6 @@ sys.path.insert(0, str(ROOT / "tests"))
 import cost_model  # noqa: E402
 from mpi_ensemble import records  # noqa: E402  (no TensorFlow in this process)
 
-BIN = Path(sys.executable).parent
 # name -> (label, rate in bit/s; None: not shaped)
 NETWORKS = {"unshaped": ("unshaped", None), "10gbit": ("10 Gbit/s", 10e9), "1gbit": ("1 Gbit/s", 1e9)}
 SIZES = [8, 64, 512, 4096, 32768, 131072, cost_model.MODEL_BYTES, 1048576, 4194304]
@@ -113,8 +113,8 @@ def step_worker(kind, core, images):
     x = rng.random((STEPS_TIMED * max(max(images), 1), 28, 28, 1), dtype=np.float32)
     y = rng.integers(0, 10, len(x)).astype(np.int64)
     net = model.build_model(keras, steps_per_execution=1 if kind == "local_spe1" else 16)
-    timer = {"local": local_step, "local_spe1": local_step, "averaging": averaging_copies,
-             "data_parallel": data_parallel_step(keras, net, x, y)}[kind]
+    timer = data_parallel_step(keras, net, x, y) if kind == "data_parallel" else \
+        {"local": local_step, "local_spe1": local_step, "averaging": averaging_copies}[kind]
     for b in images:
         wall, cpu = timer(keras, net, x[:STEPS_TIMED * b], y[:STEPS_TIMED * b], b)
         print(json.dumps({"kind": kind, "images": b, "seconds": cpu / STEPS_TIMED, "wall_s": wall / STEPS_TIMED,
