@@ -272,14 +272,16 @@ def measured_points(steps, medians, epochs=5):
 def crossovers(table):
     """Per network and method with communication, over the powers of two: the best n (least time per epoch), the
     first n where communication takes as long as computing, and the first n where an epoch takes longer than one
-    rank training alone (n = 1, no communication). None: not within the projected range."""
+    rank training alone (the ensemble at n = 1: Keras fit on every image; the method's own n = 1 where the table
+    has no ensemble). None: not within the projected range."""
     rows = []
     table = table[table["ranks"].map(lambda n: n == pof2(n))]
     for (network, method), group in table.groupby(["network", "method"], sort=False):
         if method == "ensemble":
             continue
         group = group.sort_values("ranks")
-        alone = float(group.loc[group["ranks"] == 1, "seconds"].iloc[0])
+        single = table[(table["network"] == network) & (table["ranks"] == 1)].set_index("method")["seconds"]
+        alone = float(single.get("ensemble", single[method]))
         rows.append({
             "network": network, "method": method,
             "best_n": int(group.loc[group["seconds"].idxmin(), "ranks"]),

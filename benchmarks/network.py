@@ -442,7 +442,8 @@ def compute_table(steps):
              f"{'kind':<14} {'images':>6} {'ms/step':>8} {'ms/image':>9} {'busy':>5} {'repeats':>7}"]
     for (kind, b), rows in steps.groupby(["kind", "images"], sort=False):
         ms = 1e3 * rows["seconds"].median()
-        lines.append(f"{kind:<14} {b:>6} {ms:>8.2f} {ms / b:>9.3f} {rows['busy'].median():>5.2f} {len(rows):>7}")
+        per_image = f"{ms / b:>9.3f}" if b else f"{'-':>9}"
+        lines.append(f"{kind:<14} {b:>6} {ms:>8.2f} {per_image} {rows['busy'].median():>5.2f} {len(rows):>7}")
     for r in summary.itertuples():
         lines.append(f"{r.kind}: fixed {1e3 * r.fixed_s:.2f} ms per step + {1e3 * r.per_image_s:.3f} ms per image "
                      f"(least squares over the batch sizes)")
