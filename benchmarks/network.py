@@ -551,10 +551,10 @@ def job_command(command, period, n, arrays, folder):
             "--validation-split", "0", "--out-dir", str(folder)]
 
 
-def job_row(name, label, period, n, folder, steps, fit):
-    """A finished job against the model: its last epoch (the first carries graph tracing; slowest rank) and its
-    mean Allreduce, from the rank records."""
-    ranks = [json.loads((folder / f"rank{r}.json").read_text()) for r in range(n)]
+def job_row(name, label, period, n, ranks, steps, fit):
+    """A finished job (its rank records) against the model: its last epoch (the first carries graph tracing;
+    slowest rank) and its mean Allreduce. A rank's Allreduce time includes waiting for the ranks that arrive later;
+    the rank that waited least ("fastest rank") is the closest to the collective alone."""
     method = "data_parallel" if period is None else "local_sgd"
     model = cost_model.epoch_time(method, n, steps, fit["alpha_s"], fit["beta_s_per_byte"], k=period,
                                   epochs=JOB_EPOCHS, images=JOB_IMAGES)
@@ -562,10 +562,23 @@ def job_row(name, label, period, n, folder, steps, fit):
     measured = max(r["epoch_seconds"][-1] for r in ranks)
     return {"network": name, "method": label, "ranks": n, "hosts": ",".join(r["host"] for r in ranks),
             "steps_per_epoch": ranks[0]["steps_per_epoch"], "allreduce_calls": int(checked["calls"].max()),
-            "allreduce_payload_bytes": checked["payload_bytes"].max(), "allreduce_measured_s": checked["measured_s"].max(),
-            "allreduce_model_s": checked["model_s"].max(), "epoch_measured_s": measured,
-            "epoch_model_s": model["seconds"], "epoch_model_over_measured": model["seconds"] / measured,
+            "allreduce_payload_bytes": checked["payload_bytes"].max(),
+            "allreduce_fastest_rank_s": checked["measured_s"].min(),
+            "allreduce_slowest_rank_s": checked["measured_s"].max(), "allreduce_model_s": checked["model_s"].max(),
+            "epoch_measured_s": measured, "epoch_model_s": model["seconds"],
+            "epoch_model_over_measured": model["seconds"] / measured,
             "allreduce_share_of_fit": checked["allreduce_share_of_fit"].max(), "loadavg": loadavg()}
+
+
+def keep_records(folder, n, kept):
+    """The job's rank records, copied to `kept` (the raw measurements of the jobs phase)."""
+    kept.mkdir(parents=True, exist_ok=True)
+    ranks = []
+    for r in range(n):
+        text = (folder / f"rank{r}.json").read_text()
+        (kept / f"rank{r}.json").write_text(text)
+        ranks.append(json.loads(text))
+    return ranks
 
 
 def jobs_phase(args, out):
@@ -594,7 +607,8 @@ def jobs_phase(args, out):
                                               text=True, env=env, timeout=900)
                         if done.returncode != 0:
                             raise RuntimeError(f"{label} on {name} at N = {n} failed:\n{done.stderr[-3000:]}")
-                        rows.append(job_row(name, label, period, n, folder, steps, fits[name]))
+                        kept = out / "jobs" / f"{name}-ranks{n}-{label.replace(' ', '-').replace('=', '')}"
+                        rows.append(job_row(name, label, period, n, keep_records(folder, n, kept), steps, fits[name]))
                         print(json.dumps(rows[-1]), flush=True)
     table = pd.DataFrame(rows)
     table.to_csv(out / "jobs.csv", index=False)
