@@ -30,10 +30,11 @@ from pathlib import Path
 DAEMONS = ("munged", "slurmctld", "slurmd")
 NODE_TOOLS = ("ip", "nsenter", "unshare")
 # Link shaping: a token bucket of BURST_BYTES (a real NIC sends every frame at line rate; a bucket lets `burst`
-# bytes through at once, then releases the rest from a timer). Measured here, a 4 MiB Allreduce between two nodes
-# at 1 Gbit/s: 35-36 ms with a 64 KB bucket, the line rate's 35.6 ms; 65-72 ms with 16 KB, because on busy cores
-# the timer fires late and each late firing releases only one bucket. Segmentation-offload packets are capped at
-# GSO_BYTES on a shaped link: the bucket must split larger ones, a path that carried half the rate here.
+# bytes through at once, then releases the rest from a timer), and segmentation-offload packets capped at GSO_BYTES
+# (the bucket must split larger ones). A 4 MiB Allreduce between two nodes at 1 Gbit/s on a quiet machine
+# (benchmarks/network.py --phase calibrate): 35.2-35.5 ms with these, the line rate's 35.6; 38.3-38.5 ms with a
+# 16 KB bucket, whose timer must fire four times as often (on busy cores it fires late, and a small bucket falls
+# further behind); 37.7-42.0 ms with 64 KB offload packets.
 BURST_BYTES = 65536
 GSO_BYTES = 16384
 DEFAULT_GSO_BYTES = 65536
