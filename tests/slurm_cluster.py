@@ -9,12 +9,15 @@ One thing goes outside the folder: SLURM's default configuration path, /etc/slur
 slurm-jobstep executor strips every SLURM_* variable (SLURM_CONF included) before it calls srun inside a job, so
 srun there only finds a configuration at the default path. The cluster writes it only where none exists, and
 removes it when it stops, if it is still its own. `NodesCluster` also creates a bridge, one veth pair and one
-network namespace per node, with names carrying a random token, and deletes exactly those.
+network namespace per node, with names carrying a random token, and deletes exactly those. Its links can be shaped
+to a rate (`cluster.network.shape(1e9)`, tc's token bucket on both ends of every node's veth); the shaping goes
+with the links.
 
 Run by hand to poke at it:  python tests/slurm_cluster.py [K]   (starts, prints sinfo, waits for Enter, stops).
 """
 
 import contextlib
+import json
 import os
 import random
 import shutil
@@ -26,6 +29,18 @@ from pathlib import Path
 
 DAEMONS = ("munged", "slurmctld", "slurmd")
 NODE_TOOLS = ("ip", "nsenter", "unshare")
+# Link shaping: a token bucket of BURST_BYTES (a real NIC sends every frame at line rate; a bucket lets `burst`
+# bytes through at once, then releases the rest from a timer), and segmentation-offload packets capped at GSO_BYTES
+# (the bucket must split larger ones). A 4 MiB Allreduce between two nodes at 1 Gbit/s on a quiet machine
+# (benchmarks/network.py --phase calibrate): 35.2-35.5 ms with these, the line rate's 35.6; 38.3-38.5 ms with a
+# 16 KB bucket, whose timer must fire four times as often (on busy cores it fires late, and a small bucket falls
+# further behind); 37.7-42.0 ms with 64 KB offload packets.
+BURST_BYTES = 65536
+GSO_BYTES = 16384
+DEFAULT_GSO_BYTES = 65536
+# Preamble, start delimiter, frame check sequence and inter-frame gap: what each Ethernet frame costs on the wire
+# beyond the bytes the kernel counts, so the rate set is the line rate.
+WIRE_OVERHEAD = 24
 CLIENTS = ("sbatch", "srun", "squeue", "sinfo", "scontrol", "scancel")
 INSTALL_HINT = "install them as root with: apt-get install -y slurm-wlm munge"
 SYSTEM_CONF = Path("/etc/slurm/slurm.conf")
@@ -274,6 +289,41 @@ def ip(*args):
     return out.stdout
 
 
+def tc(*args):
+    """Run `tc ARGS`; a failure is an error naming the command and what it said."""
+    tool = find("tc")
+    if tool is None:
+        raise RuntimeError("tc not found (link shaping); apt-get install -y iproute2")
+    out = subprocess.run([tool, *args], capture_output=True, text=True, timeout=30)
+    if out.returncode != 0:
+        raise RuntimeError(f"tc {' '.join(args)} failed: {out.stderr.strip()}")
+    return out.stdout
+
+
+def token_bucket(rate_bit, burst=BURST_BYTES):
+    """tc arguments of a token bucket filter at `rate_bit` bits/s of Ethernet line rate (tbf: this kernel has tbf
+    and htb, not netem, so rate can be shaped and delay cannot)."""
+    return ["tbf", "rate", f"{int(rate_bit)}bit", "burst", str(burst), "latency", "50ms",
+            "overhead", str(WIRE_OVERHEAD)]
+
+
+def shaping_unavailable():
+    """Why links cannot be shaped here (no tc, or a kernel without tbf), or None when they can: tried on a veth
+    pair in a throwaway namespace."""
+    if not find("tc"):
+        return "tc not found (link shaping); apt-get install -y iproute2"
+    ns = f"slurmtest-tbf-{os.urandom(3).hex()}"
+    try:
+        ip("netns", "add", ns)
+        ip("-n", ns, "link", "add", "probe0", "type", "veth", "peer", "name", "probe1")
+        tc("-n", ns, "qdisc", "add", "dev", "probe0", "root", *token_bucket(1e9))
+    except RuntimeError as err:
+        return f"cannot shape a link with tc's token bucket filter (tbf): {err}"
+    finally:
+        subprocess.run([find("ip"), "netns", "del", ns], capture_output=True, timeout=30)
+    return None
+
+
 def free_subnet():
     """A 10.x.y.0/24 that no address or route of this machine uses (the nodes' private network)."""
     used = ip("-4", "route", "show", "table", "all") + ip("-4", "-o", "addr", "show")
@@ -294,6 +344,7 @@ class NodeNetwork:
         self.prefix = None
         self.bridge = f"stbr{self.token}"
         self.made = []  # ("netns" | "link", name), in creation order
+        self.rate_bit = None  # the shaped rate of every node's link, None when unshaped
 
     @property
     def host_address(self):
@@ -308,6 +359,10 @@ class NodeNetwork:
     def netns_path(self, k):
         return Path("/run/netns") / self.netns(k)
 
+    def veth(self, k):
+        """Node k's link on this machine's side: a port of the bridge."""
+        return f"stv{k}{self.token}"
+
     def create(self):
         self.prefix = free_subnet()
         ip("link", "add", self.bridge, "type", "bridge")
@@ -315,7 +370,7 @@ class NodeNetwork:
         ip("addr", "add", f"{self.host_address}/24", "dev", self.bridge)
         ip("link", "set", self.bridge, "up")
         for k in range(1, self.count + 1):
-            ns, veth = self.netns(k), f"stv{k}{self.token}"
+            ns, veth = self.netns(k), self.veth(k)
             ip("netns", "add", ns)
             self.made.append(("netns", ns))
             ip("link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", ns)
@@ -325,6 +380,44 @@ class NodeNetwork:
             ip("-n", ns, "link", "set", "eth0", "up")
             ip("-n", ns, "link", "set", "lo", "up")
         return self
+
+    def shape(self, rate_bit, burst=BURST_BYTES, gso=GSO_BYTES):
+        """Every node's link limited to `rate_bit` bits/s in each direction, like a full-duplex NIC on a switch: a
+        token bucket on node k's eth0, inside its namespace, limits what it sends; one on the bridge's side of its
+        veth limits what it receives. Replaces any shaping in force. `burst` and `gso` as calibrated (above)."""
+        for k in range(1, self.count + 1):
+            self.offload_size(k, gso)
+            tc("-n", self.netns(k), "qdisc", "replace", "dev", "eth0", "root", *token_bucket(rate_bit, burst))
+            tc("qdisc", "replace", "dev", self.veth(k), "root", *token_bucket(rate_bit, burst))
+        self.rate_bit = rate_bit
+
+    def offload_size(self, k, size):
+        ip("-n", self.netns(k), "link", "set", "dev", "eth0", "gso_max_size", str(size))
+        ip("link", "set", "dev", self.veth(k), "gso_max_size", str(size))
+
+    def unshape(self):
+        """Every link back to its default (no queueing discipline: as fast as the machine moves the bytes)."""
+        for k in range(1, self.count + 1):
+            for args in (("-n", self.netns(k), "qdisc", "del", "dev", "eth0", "root"),
+                         ("qdisc", "del", "dev", self.veth(k), "root")):
+                try:
+                    tc(*args)
+                except RuntimeError as err:  # nothing to delete: the link had no shaping
+                    if "handle of zero" not in str(err) and "No such" not in str(err):
+                        raise
+            self.offload_size(k, DEFAULT_GSO_BYTES)
+        self.rate_bit = None
+
+    def qdiscs(self, k):
+        """The queueing disciplines on node k's link, (inside, bridge side), with their counters: tc's JSON."""
+        inside = json.loads(tc("-j", "-s", "-n", self.netns(k), "qdisc", "show", "dev", "eth0") or "[]")
+        outside = json.loads(tc("-j", "-s", "qdisc", "show", "dev", self.veth(k)) or "[]")
+        return inside, outside
+
+    def counters(self, k):
+        """Bytes node k's eth0 has sent and received (its statistics in its namespace)."""
+        link = json.loads(ip("-j", "-s", "-n", self.netns(k), "link", "show", "dev", "eth0"))[0]
+        return {"tx_bytes": link["stats64"]["tx"]["bytes"], "rx_bytes": link["stats64"]["rx"]["bytes"]}
 
     def pids(self, k):
         """Every process whose network namespace is node k's: its slurmd, step daemons and job tasks."""

@@ -1,0 +1,321 @@
+"""The α–β cost model of MPI_Allreduce, and the time per epoch of each way of training over N ranks.
+
+Pure arithmetic on measurements (numpy, pandas): benchmarks/network.py measures and calls these functions;
+tests/test_network.py checks them. Units: seconds and bytes; a network is named by a label ("unshaped", "10gbit").
+
+T(m, N) = steps(N, m) · α + critical_bytes(N, m) · β, with the steps and bytes of the algorithm MPICH picks:
+
+  recursive doubling         log2(p) steps of m bytes each
+  reduce-scatter + allgather 2·log2(p) steps moving 2(p-1)/p · m bytes (Rabenseifner)
+  ring                       2(N-1) steps moving 2(N-1)/N · m bytes
+
+where p is the largest power of two ≤ N; when N is not a power of two, the first 2(N-p) ranks fold pairwise
+before (one step of m bytes) and unfold after (another), as MPICH does. α is the time of one step that carries
+(almost) nothing, β the seconds per byte on the busiest link; the reduction's own arithmetic is folded into β.
+"""
+
+import math
+
+import numpy as np
+import pandas as pd
+
+PARAMETERS = 93_322
+MODEL_BYTES = 4 * PARAMETERS  # local SGD and one-shot averaging: the float32 weights
+GRADIENT_BYTES = 4 * (PARAMETERS + 2)  # data-parallel: the gradient, the batch's loss and its correct count
+TRAIN_IMAGES = 48_000  # 60,000 minus Keras' validation_split of 0.2
+BATCH = 64
+ALGORITHMS = ("recursive_doubling", "reduce_scatter_allgather", "ring")
+# local_sgd's averaging intervals projected: every step, every 16 steps, once per epoch.
+LOCAL_SGD_K = (1, 16, "epoch")
+
+
+def pof2(n):
+    """The largest power of two ≤ n."""
+    return 1 << (int(n).bit_length() - 1)
+
+
+def mpich_algorithm(n, nbytes, itemsize=4):
+    """The algorithm MPICH 5.0.2 runs between nodes for a built-in commutative operation, from the selection table
+    compiled into its libmpi: recursive doubling for at most 8 bytes or fewer elements than pof2(n), otherwise
+    reduce-scatter + allgather. (MPIR_CVAR_ALLREDUCE_SHORT_MSG_SIZE no longer enters that table.)"""
+    if nbytes <= 8 or nbytes // itemsize < pof2(n):
+        return "recursive_doubling"
+    return "reduce_scatter_allgather"
+
+
+def terms(algorithm, n, nbytes):
+    """(latency steps, bytes on the critical path) of one Allreduce of `nbytes` over n ranks."""
+    if n <= 1:
+        return 0, 0.0
+    if algorithm == "ring":
+        return 2 * (n - 1), 2 * (n - 1) / n * nbytes
+    p = pof2(n)
+    fold = 2 if n > p else 0  # non-power-of-two: fold in before, unfold after, m bytes each
+    levels = int(math.log2(p))
+    if algorithm == "recursive_doubling":
+        return levels + fold, (levels + fold) * nbytes
+    if algorithm == "reduce_scatter_allgather":
+        return 2 * levels + fold, (2 * (p - 1) / p + fold) * nbytes
+    raise ValueError(f"unknown Allreduce algorithm {algorithm!r}; use one of {ALGORITHMS}")
+
+
+def bytes_sent(algorithm, n, nbytes):
+    """Payload bytes each rank sends in one Allreduce, averaged over the n ranks (what the links carry, before
+    TCP/IP headers). The ranks that fold in a non-power-of-two world send m once; their partners also send the
+    result back."""
+    if n <= 1:
+        return 0.0
+    if algorithm == "ring":
+        return 2 * (n - 1) / n * nbytes
+    if algorithm not in ALGORITHMS:
+        raise ValueError(f"unknown Allreduce algorithm {algorithm!r}; use one of {ALGORITHMS}")
+    p = pof2(n)
+    rem = n - p
+    levels = int(math.log2(p))
+    core = levels * nbytes if algorithm == "recursive_doubling" else 2 * (p - 1) / p * nbytes
+    return (p * core + 2 * rem * nbytes) / n
+
+
+def allreduce_seconds(alpha, beta, n, nbytes, algorithm=None):
+    """Modelled seconds of one Allreduce; `algorithm` None: the one MPICH picks."""
+    steps, critical = terms(algorithm or mpich_algorithm(n, nbytes), n, nbytes)
+    return steps * alpha + critical * beta
+
+
+# --- the fit ---------------------------------------------------------------------------------------------------
+
+
+def with_terms(points):
+    """The measurements (columns ranks, bytes, algorithm, seconds) with each row's `steps` and `critical` bytes."""
+    out = points.copy()
+    pairs = [terms(a, int(n), int(m)) for a, n, m in zip(out["algorithm"], out["ranks"], out["bytes"])]
+    out["steps"] = [s for s, _ in pairs]
+    out["critical"] = [c for _, c in pairs]
+    return out
+
+
+def fit_network(points, small_bytes=64, large_bytes=131072):
+    """α and β of one network from its Allreduce medians (ranks, bytes, algorithm, seconds).
+
+    α: the messages of at most `small_bytes`, each time less its few bytes' share, divided by its algorithm's
+    steps (median). There is no added latency on these links (the kernel has no netem), so α is this machine's MPI
+    and TCP software path. β: weighted least squares of (seconds - steps·α) against the critical-path bytes over
+    the messages of at least `large_bytes`, weights 1/seconds² (relative error: 128 KB counts as much as 4 MB).
+    The sizes between are left out: a shaped link's token bucket (64 KB) lets them through at the machine's own
+    speed, which no rate describes. The two are refined in turn a few times (the small messages' bytes barely
+    move α)."""
+    rows = with_terms(points)
+    small = rows[rows["bytes"] <= small_bytes]
+    large = rows[rows["bytes"] >= large_bytes]
+    if small.empty or large.empty:
+        raise ValueError(f"the fit needs messages of at most {small_bytes} bytes and of at least {large_bytes}; "
+                         f"got sizes {sorted(rows['bytes'].unique())}")
+    weight = 1.0 / large["seconds"] ** 2
+    beta = 0.0
+    for _ in range(4):
+        alpha = float(((small["seconds"] - small["critical"] * beta) / small["steps"]).median())
+        beta = float((weight * large["critical"] * (large["seconds"] - large["steps"] * alpha)).sum()
+                     / (weight * large["critical"] ** 2).sum())
+    return {"alpha_s": alpha, "beta_s_per_byte": beta, "effective_gbit_s": 8 / beta / 1e9 if beta > 0 else math.inf}
+
+
+def fit_all(points):
+    """{network: fit_network(its rows)} over the `network` column."""
+    return {name: fit_network(group) for name, group in points.groupby("network", sort=False)}
+
+
+def residuals(points, fits):
+    """Each measurement beside the model's value for it, and their ratio."""
+    rows = with_terms(points)
+    rows["model_s"] = [fits[w]["alpha_s"] * s + fits[w]["beta_s_per_byte"] * c
+                       for w, s, c in zip(rows["network"], rows["steps"], rows["critical"])]
+    rows["model_over_measured"] = rows["model_s"] / rows["seconds"]
+    return rows
+
+
+# --- compute per step ------------------------------------------------------------------------------------------
+
+
+def compute_summary(steps):
+    """Per kind of step ("local" and "local_spe1": a Keras fit step of the ensemble and local SGD, 16 or 1 steps
+    per call into the graph; "data_parallel": the custom loop's step without communication; "averaging": the
+    copies around one weight averaging): fixed seconds per step and seconds per image, by least squares over the
+    measured batch sizes (medians per `images`)."""
+    rows = []
+    for kind, group in steps.groupby("kind", sort=False):
+        medians = group.groupby("images")["seconds"].median()
+        if len(medians) < 2:  # one size (the averaging's copies): a fixed cost
+            rows.append({"kind": kind, "fixed_s": float(medians.iloc[0]), "per_image_s": 0.0})
+            continue
+        per_image, fixed = np.polyfit(medians.index.to_numpy(float), medians.to_numpy(float), 1)
+        rows.append({"kind": kind, "fixed_s": float(fixed), "per_image_s": float(per_image)})
+    return pd.DataFrame(rows)
+
+
+def step_time(steps, kind, images):
+    """Seconds of one step of `kind` on `images` images: the measured median, interpolated between measured batch
+    sizes (never extrapolated: the batches of the projection lie within the measured 1..64)."""
+    medians = steps[steps["kind"] == kind].groupby("images")["seconds"].median()
+    if medians.empty:
+        raise ValueError(f"no step times of kind {kind!r}; measured kinds: {sorted(steps['kind'].unique())}")
+    lo, hi = medians.index.min(), medians.index.max()
+    if not lo <= images <= hi:
+        raise ValueError(f"{images} images per step is outside the measured {lo}..{hi} ({kind})")
+    return float(np.interp(images, medians.index.to_numpy(float), medians.to_numpy(float)))
+
+
+# --- the projection --------------------------------------------------------------------------------------------
+
+
+def shard_batches(n, images=TRAIN_IMAGES, batch=BATCH):
+    """(full batches, images in the last partial batch) of the largest of n shards: what the slowest rank of the
+    ensemble or of local SGD trains in one epoch."""
+    return divmod(-(-images // n), batch)
+
+
+def local_kind(k):
+    """The step kind local training runs: Keras calls back only between calls into the graph, so an averaging
+    period k of local SGD sets steps_per_execution to gcd(k, 16). "local" was measured at 16, "local_spe1" at 1
+    (any gcd below 16 is charged as 1: an upper bound)."""
+    return "local" if k in (None, "epoch") or math.gcd(k, 16) == 16 else "local_spe1"
+
+
+def local_compute(steps, n, kind="local", images=TRAIN_IMAGES):
+    """(seconds, steps) of one epoch of local training on the largest shard."""
+    full, last = shard_batches(n, images)
+    seconds = full * step_time(steps, kind, BATCH) + (step_time(steps, kind, last) if last else 0.0)
+    return seconds, full + (1 if last else 0)
+
+
+def averagings(k, local_steps, epochs):
+    """Weight averagings per epoch, as local SGD runs them: after every k-th local step within each epoch (the
+    count starts again each epoch), or once per epoch ("epoch"); and once more at the end of training where the
+    ranks' weights still differ, i.e. when an epoch's last step is not an averaging point (spread over the
+    epochs)."""
+    if k == "epoch":
+        return 1.0
+    return local_steps // k + (1 / epochs if local_steps % k else 0.0)
+
+
+def epoch_time(method, n, steps, alpha, beta, k=None, epochs=5, allreduce=None, images=TRAIN_IMAGES):
+    """{compute_s, communication_s, seconds} of one epoch on `images` training images at n ranks, training steps
+    only (validation left out). Communication is the Allreduce alone; the copies around a weight averaging
+    (measured as kind "averaging") count as compute. `allreduce(nbytes)` overrides the model's Allreduce seconds
+    (measured points)."""
+    def comm(nbytes):
+        if n == 1:
+            return 0.0
+        return allreduce(nbytes) if allreduce else allreduce_seconds(alpha, beta, n, nbytes)
+
+    if method == "data_parallel":
+        # The global batch of 64 is split over the ranks: the slowest holds ceil(64/n) images, and beyond
+        # n = 64 some ranks hold none but still join every step's Allreduce.
+        count = -(-images // BATCH)
+        compute = count * step_time(steps, "data_parallel", -(-BATCH // n))
+        return parts(compute, count * comm(GRADIENT_BYTES))
+    if method not in ("ensemble", "one_shot", "local_sgd"):
+        raise ValueError(f"unknown method {method!r}: ensemble, one_shot, local_sgd or data_parallel")
+    compute, local_steps = local_compute(steps, n, local_kind(k if method == "local_sgd" else None), images)
+    if method == "ensemble":
+        count = 0.0
+    elif method == "one_shot":
+        count = 1 / epochs
+    else:
+        count = averagings(k, local_steps, epochs)
+    copies = count * step_time(steps, "averaging", 0) if count and n > 1 else 0.0
+    return parts(compute + copies, count * comm(MODEL_BYTES))
+
+
+def parts(compute, communication):
+    return {"compute_s": compute, "communication_s": communication, "seconds": compute + communication}
+
+
+def methods():
+    """(label, method, k) of every projected line."""
+    return ([("ensemble", "ensemble", None), ("one-shot averaging", "one_shot", None)]
+            + [(f"local_sgd k={k}", "local_sgd", k) for k in LOCAL_SGD_K]
+            + [("data-parallel", "data_parallel", None)])
+
+
+# Powers of two up to 1,024 and the measured 3: MPICH's reduce-scatter + allgather adds a fold and an unfold of the
+# whole message at every other N, which would draw a saw-tooth through the powers of two.
+RANKS = sorted({2**i for i in range(11)} | {3})
+
+
+def projection(steps, fits, ranks=RANKS, epochs=5):
+    """One row per (network, method, n): the modelled time per epoch and its parts."""
+    rows = []
+    for network, fit in fits.items():
+        for label, method, k in methods():
+            for n in ranks:
+                parts = epoch_time(method, n, steps, fit["alpha_s"], fit["beta_s_per_byte"], k, epochs)
+                rows.append({"network": network, "method": label, "ranks": n, **parts})
+    return pd.DataFrame(rows)
+
+
+def measured_points(steps, medians, epochs=5):
+    """Time per epoch composed from measurements only, at the world sizes measured: the step times measured
+    alone and the Allreduce medians measured at the exact size of one model (`medians`: network, ranks, bytes,
+    seconds, with the algorithm MPICH picks), used for the data-parallel gradient too (8 bytes more)."""
+    rows = []
+    for (network, n), group in medians.groupby(["network", "ranks"]):
+        by_size = group.set_index("bytes")["seconds"]
+        if MODEL_BYTES not in by_size.index:
+            raise ValueError(f"no Allreduce of {MODEL_BYTES} bytes measured on {network} at N = {n}")
+        for label, method, k in methods():
+            parts = epoch_time(method, int(n), steps, 0.0, 0.0, k, epochs,
+                               allreduce=lambda nbytes: float(by_size[MODEL_BYTES]))
+            rows.append({"network": network, "method": label, "ranks": int(n), **parts})
+    return pd.DataFrame(rows)
+
+
+def crossovers(table):
+    """Per network and method with communication, over the powers of two: the best n (least time per epoch), the
+    first n where communication takes as long as computing, and the first n where an epoch takes longer than one
+    rank training alone (the ensemble at n = 1: Keras fit on every image; the method's own n = 1 where the table
+    has no ensemble). None: not within the projected range."""
+    rows = []
+    table = table[table["ranks"].map(lambda n: n == pof2(n))]
+    for (network, method), group in table.groupby(["network", "method"], sort=False):
+        if method == "ensemble":
+            continue
+        group = group.sort_values("ranks")
+        single = table[(table["network"] == network) & (table["ranks"] == 1)].set_index("method")["seconds"]
+        alone = float(single.get("ensemble", single[method]))
+        rows.append({
+            "network": network, "method": method,
+            "best_n": int(group.loc[group["seconds"].idxmin(), "ranks"]),
+            "best_s": float(group["seconds"].min()),
+            "comm_ge_compute_n": first(group, group["communication_s"] >= group["compute_s"]),
+            "slower_than_one_rank_n": first(group, (group["seconds"] > alone) & (group["ranks"] > 1)),
+        })
+    return pd.DataFrame(rows)
+
+
+def first(group, mask):
+    hits = group.loc[mask, "ranks"]
+    return int(hits.iloc[0]) if len(hits) else None
+
+
+# --- a real job's records against the model --------------------------------------------------------------------
+
+
+def check_records(records, fit):
+    """A real data_parallel or local_sgd job's rank records (dicts with allreduce_count, allreduce_seconds,
+    allreduce_bytes, fit_seconds) against the fitted network: per rank, the mean payload and seconds of one
+    Allreduce, the model's seconds for that payload at the job's N, and their ratio."""
+    n = len(records)
+    rows = []
+    for rank, rec in enumerate(records):
+        missing = [key for key in ("allreduce_count", "allreduce_seconds", "allreduce_bytes") if key not in rec]
+        if missing:
+            raise KeyError(f"rank {rank}'s record has no {', '.join(missing)}: it comes from a job that did not "
+                           "count its Allreduce calls (data_parallel and local_sgd jobs record them)")
+        count = rec["allreduce_count"]
+        payload = rec["allreduce_bytes"] / count
+        measured = rec["allreduce_seconds"] / count
+        model = allreduce_seconds(fit["alpha_s"], fit["beta_s_per_byte"], n, int(round(payload)))
+        rows.append({"rank": rank, "ranks": n, "calls": count, "payload_bytes": payload, "measured_s": measured,
+                     "model_s": model, "model_over_measured": model / measured,
+                     "allreduce_share_of_fit": rec["allreduce_seconds"] / rec["fit_seconds"]})
+    return pd.DataFrame(rows)
