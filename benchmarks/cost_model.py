@@ -15,48 +15,23 @@ before (one step of m bytes) and unfold after (another), as MPICH does. α is th
 """
 
 import math
+import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+# The Allreduce model itself is the workflow's (its cost figure draws the same times): one implementation.
+from mpi_ensemble.allreduce import ALGORITHMS, allreduce_seconds, mpich_algorithm, pof2, terms  # noqa: E402,F401
 
 PARAMETERS = 93_322
 MODEL_BYTES = 4 * PARAMETERS  # local SGD and one-shot averaging: the float32 weights
 GRADIENT_BYTES = 4 * (PARAMETERS + 2)  # data-parallel: the gradient, the batch's loss and its correct count
 TRAIN_IMAGES = 48_000  # 60,000 minus Keras' validation_split of 0.2
 BATCH = 64
-ALGORITHMS = ("recursive_doubling", "reduce_scatter_allgather", "ring")
 # local_sgd's averaging intervals projected: every step, every 16 steps, once per epoch.
 LOCAL_SGD_K = (1, 16, "epoch")
-
-
-def pof2(n):
-    """The largest power of two ≤ n."""
-    return 1 << (int(n).bit_length() - 1)
-
-
-def mpich_algorithm(n, nbytes, itemsize=4):
-    """The algorithm MPICH 5.0.2 runs between nodes for a built-in commutative operation, from the selection table
-    compiled into its libmpi: recursive doubling for at most 8 bytes or fewer elements than pof2(n), otherwise
-    reduce-scatter + allgather. (MPIR_CVAR_ALLREDUCE_SHORT_MSG_SIZE no longer enters that table.)"""
-    if nbytes <= 8 or nbytes // itemsize < pof2(n):
-        return "recursive_doubling"
-    return "reduce_scatter_allgather"
-
-
-def terms(algorithm, n, nbytes):
-    """(latency steps, bytes on the critical path) of one Allreduce of `nbytes` over n ranks."""
-    if n <= 1:
-        return 0, 0.0
-    if algorithm == "ring":
-        return 2 * (n - 1), 2 * (n - 1) / n * nbytes
-    p = pof2(n)
-    fold = 2 if n > p else 0  # non-power-of-two: fold in before, unfold after, m bytes each
-    levels = int(math.log2(p))
-    if algorithm == "recursive_doubling":
-        return levels + fold, (levels + fold) * nbytes
-    if algorithm == "reduce_scatter_allgather":
-        return 2 * levels + fold, (2 * (p - 1) / p + fold) * nbytes
-    raise ValueError(f"unknown Allreduce algorithm {algorithm!r}; use one of {ALGORITHMS}")
 
 
 def bytes_sent(algorithm, n, nbytes):
@@ -74,12 +49,6 @@ def bytes_sent(algorithm, n, nbytes):
     levels = int(math.log2(p))
     core = levels * nbytes if algorithm == "recursive_doubling" else 2 * (p - 1) / p * nbytes
     return (p * core + 2 * rem * nbytes) / n
-
-
-def allreduce_seconds(alpha, beta, n, nbytes, algorithm=None):
-    """Modelled seconds of one Allreduce; `algorithm` None: the one MPICH picks."""
-    steps, critical = terms(algorithm or mpich_algorithm(n, nbytes), n, nbytes)
-    return steps * alpha + critical * beta
 
 
 # --- the fit ---------------------------------------------------------------------------------------------------

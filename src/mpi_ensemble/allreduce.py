@@ -23,6 +23,7 @@ would send three times the bytes per averaging, and the moments describe each ra
 """
 
 import hashlib
+import math
 import time
 
 import numpy as np
@@ -297,3 +298,48 @@ class WeightAveraging:
     def facts(self):
         return {"steps_per_epoch": self.common, "averagings_per_epoch": averagings_per_epoch(self.period, self.common),
                 "period": "end" if self.period is None else self.period, **self.traffic.facts()}
+
+
+# --- what an Allreduce costs on a network: the α–β model of MPICH's algorithms ------------------------------------
+# T(m, N) = steps · α + bytes on the critical path · β, fitted to Allreduces on shaped links in
+# benchmarks/results/network-*/ (benchmarks/network.py, docs/network.md); the cost figure draws it.
+
+ALGORITHMS = ("recursive_doubling", "reduce_scatter_allgather", "ring")
+
+
+def pof2(n):
+    """The largest power of two ≤ n."""
+    return 1 << (int(n).bit_length() - 1)
+
+
+def mpich_algorithm(n, nbytes, itemsize=4):
+    """The algorithm MPICH 5.0.2 runs between nodes for a built-in commutative operation, from the selection table
+    compiled into its libmpi: recursive doubling for at most 8 bytes or fewer elements than pof2(n), otherwise
+    reduce-scatter + allgather. (MPIR_CVAR_ALLREDUCE_SHORT_MSG_SIZE no longer enters that table.)"""
+    if nbytes <= 8 or nbytes // itemsize < pof2(n):
+        return "recursive_doubling"
+    return "reduce_scatter_allgather"
+
+
+def terms(algorithm, n, nbytes):
+    """(latency steps, bytes on the critical path) of one Allreduce of `nbytes` over n ranks."""
+    if n <= 1:
+        return 0, 0.0
+    if algorithm == "ring":
+        return 2 * (n - 1), 2 * (n - 1) / n * nbytes
+    p = pof2(n)
+    fold = 2 if n > p else 0  # non-power-of-two: fold in before, unfold after, m bytes each
+    levels = int(math.log2(p))
+    if algorithm == "recursive_doubling":
+        return levels + fold, (levels + fold) * nbytes
+    if algorithm == "reduce_scatter_allgather":
+        return 2 * levels + fold, (2 * (p - 1) / p + fold) * nbytes
+    raise ValueError(f"unknown Allreduce algorithm {algorithm!r}; use one of {ALGORITHMS}")
+
+
+def allreduce_seconds(alpha, beta, n, nbytes, algorithm=None):
+    """Modelled seconds of one Allreduce; `algorithm` None: the one MPICH picks."""
+    steps, critical = terms(algorithm or mpich_algorithm(n, nbytes), n, nbytes)
+    return steps * alpha + critical * beta
+
+

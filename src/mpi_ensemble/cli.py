@@ -10,6 +10,7 @@ summarize, plots), which writes its outputs atomically.
 """
 
 import argparse
+import json
 import os
 import sys
 
@@ -135,7 +136,7 @@ def figures(args):
 
     outputs = {key: getattr(args, key) for key in plots.FIGURES if getattr(args, key)}
     histories = [item.split("=", 1) for item in args.histories or []]
-    plots.figures(args.stats, args.rank_times, args.paper, outputs, histories)
+    plots.figures(args.stats, args.rank_times, args.paper, outputs, histories, json.loads(args.networks))
 
 
 def tables(args):
@@ -272,6 +273,7 @@ def summarize_commands(sub):
                 "fig_training_curves", "fig_communication", "fig_cost"):
         p.add_argument(f"--{key.replace('_', '-')}")
     p.add_argument("--histories", nargs="+", help="LABEL=history.csv per model (an ensemble's ranks share a label)")
+    p.add_argument("--networks", default="[]", help="the config's networks, as JSON, for the cost figure")
     p.set_defaults(func=figures)
 
     p = sub.add_parser("tables", help="the summary and provenance as HTML pages")

@@ -11,6 +11,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.ticker import MaxNLocator, ScalarFormatter  # noqa: E402
 
+from . import allreduce  # noqa: E402
 from .atomic import atomic_path  # noqa: E402
 from .records import INPUTS_KEY, inputs_note  # noqa: E402
 
@@ -321,29 +322,46 @@ COMMUNICATING = ("ensemble_majority", "weight_average_by_validation", "weight_av
                  "weight_average_shared_start", "local_sgd", "data_parallel")
 
 
-def cost_figure(stats, path, inputs=""):
-    """Accuracy against what it cost: core-seconds (cores used x the slowest rank's fit time) and the wall time of
-    the fit, on this machine; one marker per method, one colour per N. Oversubscribed runs are left out."""
+def network_seconds(row, network):
+    """A row's fit time with its Allreduces on `network`: this machine's fit time, plus what each Allreduce of its
+    mean size would take there (allreduce.allreduce_seconds; the shared-memory Allreduces already in the fit time
+    cost far less, and are not taken off)."""
+    calls = row.allreduces_per_rank_mean
+    if not calls or np.isnan(calls):
+        return row.fit_seconds_max_mean
+    each = allreduce.allreduce_seconds(network["alpha_seconds"], network["beta_seconds_per_byte"], int(row.ranks),
+                                       row.allreduce_bytes_per_rank_mean / calls)
+    return row.fit_seconds_max_mean + calls * each
+
+
+def cost_figure(stats, path, inputs="", networks=()):
+    """Accuracy against what it cost: core-seconds (cores used x the slowest rank's fit time), the fit's wall time
+    on this machine, and on each network of `networks` (modelled); one marker per method, one colour per N.
+    Oversubscribed runs are left out."""
     rows = stats[~stats["oversubscribed"].astype(bool)].dropna(subset=["accuracy_mean", "core_seconds_mean"])
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.8))
+    panels = [("core-seconds (cores used × slowest rank's fit time)", lambda r: r.core_seconds_mean),
+              ("fit wall seconds, this machine (shared memory)", lambda r: r.fit_seconds_max_mean)]
+    panels += [(f"fit wall seconds, {n['name']} network (modelled)", lambda r, n=n: network_seconds(r, n))
+               for n in networks]
+    rows_of_panels = -(-len(panels) // 2)
+    fig, axes = plt.subplots(rows_of_panels, 2, figsize=(11, 4.5 * rows_of_panels), squeeze=False)
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     ranks = sorted(rows["ranks"].unique())
-    for ax, metric, label in ((axes[0], "core_seconds", "core-seconds (cores used × slowest rank's fit time)"),
-                              (axes[1], "fit_seconds_max", "wall seconds of the fit, this machine")):
+    for ax, (label, cost) in zip(axes.flat, panels):
         for row in rows.itertuples():
-            style = METHOD_STYLE.get(row.method, ("black", "D", row.method))
-            ax.errorbar(getattr(row, f"{metric}_mean"), 100 * row.accuracy_mean,
-                        yerr=100 * np.nan_to_num(row.accuracy_sd), fmt=style[1],
-                        color=colors[ranks.index(row.ranks) % len(colors)], capsize=2, ms=6)
+            style = METHOD_STYLE.get(row.method, ("black", "8", row.method))
+            ax.errorbar(cost(row), 100 * row.accuracy_mean, yerr=100 * np.nan_to_num(row.accuracy_sd),
+                        fmt=style[1], color=colors[ranks.index(row.ranks) % len(colors)], capsize=2, ms=6)
         ax.set(xlabel=label, ylabel="test accuracy (%)", xscale="log")
         ax.grid(alpha=0.3, which="both")
     for n in ranks:
-        axes[0].plot([], [], "o", color=colors[ranks.index(n) % len(colors)], label=f"N = {n}")
-    for method, (_, marker, name) in {**METHOD_STYLE, "sequential": ("black", "D", "sequential")}.items():
-        axes[1].plot([], [], marker, color="black", mfc="white", label=name)
-    axes[0].legend(fontsize=7)
-    axes[1].legend(fontsize=5)
-    fig.suptitle(f"Accuracy against cost: the frontier to pick from ({SD_NOTE})")
+        axes[0, 0].plot([], [], "o", color=colors[ranks.index(n) % len(colors)], label=f"N = {n}")
+    for method, (_, marker, name) in {**METHOD_STYLE, "sequential": ("black", "8", "sequential")}.items():
+        axes[0, 1].plot([], [], marker, color="black", mfc="white", label=name)
+    axes[0, 0].legend(fontsize=7)
+    axes[0, 1].legend(fontsize=5)
+    fig.suptitle(f"Accuracy against cost: the frontier to pick from ({SD_NOTE}; networks: α–β model, "
+                 "docs/network.md)")
     save(fig, path, inputs)
 
 
@@ -356,17 +374,17 @@ FIGURES = {
     "fig_voting": lambda t: voting_figure(t["stats"], t["out"], t["inputs"]),
     "fig_training_curves": lambda t: training_curves_figure(t["histories"], t["out"], t["inputs"]),
     "fig_communication": lambda t: communication_figure(t["stats"], t["out"], t["inputs"]),
-    "fig_cost": lambda t: cost_figure(t["stats"], t["out"], t["inputs"]),
+    "fig_cost": lambda t: cost_figure(t["stats"], t["out"], t["inputs"], t["networks"]),
 }
 
 
-def figures(stats_path, rank_times_path, paper_path, outputs, histories=()):
+def figures(stats_path, rank_times_path, paper_path, outputs, histories=(), networks=()):
     """Draw every figure named in `outputs` ({figure key: path}) from the summarize stage's tables and the models'
     histories ((label, history.csv) pairs); each records the SHA-256 of the tables it was drawn from."""
     tables = {"stats": pd.read_csv(stats_path, dtype={"threads": str, "period": str}),
               "rank_times": pd.read_csv(rank_times_path),
               "paper": pd.read_csv(paper_path, dtype={"cores": str}),
-              "histories": read_histories(histories),
+              "histories": read_histories(histories), "networks": list(networks),
               "inputs": inputs_note([stats_path, rank_times_path])}
     for key, path in outputs.items():
         FIGURES[key]({**tables, "out": path})

@@ -89,6 +89,7 @@ rule figures:
         "../../envs/summarize.yaml"
     params:
         histories=" ".join(f"{label}={path}" for label, path in HISTORIES),
+        networks=json.dumps(config["networks"]),
     shell:
         "python -m mpi_ensemble figures --stats {input.stats} --rank-times {input.rank_times} "
         "--paper {input.paper} --fig-sequential {output.fig_sequential} "
@@ -96,7 +97,7 @@ rule figures:
         "--fig-rank-times {output.fig_rank_times} --fig-methods {output.fig_methods} "
         "--fig-voting {output.fig_voting} --fig-training-curves {output.fig_training_curves} "
         "--fig-communication {output.fig_communication} --fig-cost {output.fig_cost} "
-        "--histories {params.histories} > {log} 2>&1"
+        "--histories {params.histories} --networks {params.networks:q} > {log} 2>&1"
 
 
 rule tables:
