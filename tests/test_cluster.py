@@ -44,7 +44,8 @@ def test_job_cores_without_limits_are_this_process_cores():
 
 def test_scheduler_launch_commands():
     assert runtime.scheduler_launch_command(["srun", "--mpi=pmi2"], 4, 2) == [
-        "srun", "--mpi=pmi2", "-n", "4", "--cpus-per-task=2"]
+        "srun", "--mpi=pmi2", "-n", "4", "--cpus-per-task=2", "--kill-on-bad-exit=1"]
+    assert runtime.scheduler_launch_command(["srun", "-K0"], 2, 1) == ["srun", "-K0", "-n", "2", "--cpus-per-task=1"]
     assert runtime.scheduler_launch_command(["aprun"], 3, 1) == ["aprun", "-n", "3"]
     assert runtime.scheduler_launch_command([], 1, 2) == []  # singleton
     with pytest.raises(ValueError, match="only run 1 rank"):
@@ -78,14 +79,32 @@ def test_placement_asks_for_enough_nodes():
 
 
 def test_slurm_profile_sets_launcher_and_placement_once():
-    """One launcher and one placement for every MPI rule, in the profile's config file; no per-rule entries."""
+    """One launcher and one placement for every MPI rule, as the profile's default resources (no configfile a
+    user's --configfile would replace); no per-rule entries."""
     import yaml
 
     profile = yaml.safe_load((ROOT / "workflow/profiles/slurm/config.yaml").read_text())
     assert profile["executor"] == "slurm" and profile["default-resources"]["runtime"] > 0
-    assert "set-resources" not in profile
-    mpi = yaml.safe_load((ROOT / profile["configfile"]).read_text())
-    assert mpi == {"mpi_launcher": "srun --mpi=pmi2", "ranks_per_node": 0}
+    assert "set-resources" not in profile and "configfile" not in profile and "config" not in profile
+    assert profile["default-resources"]["mpi_launcher"] == "'srun --mpi=pmi2'"
+    assert profile["default-resources"]["ranks_per_node"] == 0
+
+
+@pytest.mark.parametrize("own, launcher", [("epochs: 1\n", "srun --mpi=pmi2"),
+                                           ("mpi_launcher: srun --mpi=pmix\n", "srun --mpi=pmix")])
+def test_own_configfile_keeps_the_profile_launcher_unless_it_names_one(tmp_path, own, launcher):
+    """A --configfile of one's own with the SLURM profile: the ranks still start with srun as one job step, the
+    profile's; a launcher the file names wins."""
+    work = project_copy(tmp_path)
+    (tmp_path / "my.yaml").write_text(own)
+    out = snakemake(work, *PROFILE, "-n", "-p", "--configfile", str(tmp_path / "my.yaml"), "--config", *SMALL[:2],
+                    "ranks=[2]", "seeds=[0]", "baseline_threads=[1]")
+    text = out.stdout + out.stderr
+    for rule in ("train_mpi_ranks2", "train_data_parallel_ranks2"):
+        block = text[text.index(f"rule {rule}:"):]
+        block = block[:block.index("\n\n")]
+        assert f"{launcher} -n 2 --cpus-per-task=1 --kill-on-bad-exit=1 python -m mpi4py" in block, block
+        assert "mpiexec" not in block, block
 
 
 def test_dry_run_requests_per_rank_cpus_not_threads(tmp_path):
@@ -101,7 +120,7 @@ def test_dry_run_requests_per_rank_cpus_not_threads(tmp_path):
         resources = block[block.index("resources:"):].splitlines()[0]
         assert "mpi=srun --mpi=pmi2" in resources and f"tasks={n}" in resources, resources
         assert "cpus_per_task=1," in resources and f"nodes={n}" in resources, resources
-        assert f"srun --mpi=pmi2 -n {n} --cpus-per-task=1 python -m mpi4py" in block
+        assert f"srun --mpi=pmi2 -n {n} --cpus-per-task=1 --kill-on-bad-exit=1 python -m mpi4py" in block
     block = text[text.index("rule train_mpi_ranks1:"):]
     assert "mpi=, tasks=1" in block[block.index("resources:"):].splitlines()[0]
 
