@@ -10,6 +10,8 @@ import json
 import os
 import re
 import subprocess
+import sys
+import time
 
 import pytest
 import slurm_cluster
@@ -158,6 +160,31 @@ def cluster(cluster_available, tmp_path_factory):
     """munged, slurmctld and slurmd on localhost with 2 CPUs (this machine's), stopped by PID afterwards."""
     with slurm_cluster.running(slurm_cluster.Cluster(tmp_path_factory.mktemp("slurm"), cpus=2, memory_mb=8000)) as up:
         yield up
+
+
+def test_a_rank_failing_at_start_up_ends_the_srun_step(cluster, tmp_path):
+    """Rank 1 exits (code 3) before MPI_Init while rank 0 waits in MPI_Init for the world to form. The srun
+    command the workflow builds ends the step at once: the job fails within seconds instead of rank 0 waiting
+    until the job's time limit (5 minutes here)."""
+    rank = tmp_path / "rank.sh"
+    rank.write_text(f'#!/bin/sh\nif [ "$SLURM_PROCID" = 1 ]; then exit 3; fi\ntouch {tmp_path}/rank0-started\n'
+                    f'exec {sys.executable} -c "from mpi4py import MPI; MPI.COMM_WORLD.Barrier()"\n')
+    rank.chmod(0o755)
+    command = " ".join([*runtime.launch_prefix("srun --mpi=pmi2", 2, 1, True), str(rank)])
+    assert "--kill-on-bad-exit=1" in command
+    job = cluster.run_client("sbatch", "--parsable", "-n", "2", "--mem-per-cpu", "200", "--time", "5",
+                             "-o", str(tmp_path / "job.out"), "--wrap", command)
+    assert job.returncode == 0, job.stderr
+    job_id, start = job.stdout.strip(), time.monotonic()
+
+    def state():
+        return re.search(r"JobState=(\w+)", cluster.run_client("scontrol", "show", "job", job_id).stdout)[1]
+
+    cluster.wait_for(lambda: state() not in ("PENDING", "RUNNING", "COMPLETING"), f"end of job {job_id}", 120)
+    info = cluster.run_client("scontrol", "show", "job", job_id).stdout
+    assert (tmp_path / "rank0-started").exists()
+    assert state() == "FAILED" and "ExitCode=0:0" not in info, info
+    assert time.monotonic() - start < 60, info
 
 
 @pytest.fixture(scope="module")
