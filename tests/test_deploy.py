@@ -240,3 +240,18 @@ def test_mpi_rule_under_conda_finds_the_launcher_in_the_job_env(tmp_path):
         record = json.loads((work / f"results/models/ranks2/seed0/rank{rank}.json").read_text())
         assert record["ranks"] == 2 and record["rank"] == rank and record["mpi_library"].startswith("MPICH")
         assert (work / f"results/models/ranks2/seed0/rank{rank}.keras").stat().st_size > 100_000
+
+
+# --- prerequisites the Makefile checks ----------------------------------------------------------------------
+
+
+def test_make_refuses_a_python_older_than_3_11(tmp_path):
+    """`make venv` with a Python 3.10 (a stand-in that answers as one) stops before creating anything, saying
+    what it found and that PYTHON= chooses another."""
+    old = tmp_path / "python3.10"
+    old.write_text('#!/bin/sh\ncase "$2" in *exit*) exit 1 ;; *) echo 3.10.12 ;; esac\n')
+    old.chmod(0o755)
+    out = subprocess.run(["make", "-C", str(ROOT), "venv", f"PYTHON={old}", f"VENV={tmp_path / 'venv'}"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode != 0 and not (tmp_path / "venv").exists()
+    assert "Python >= 3.11 is needed" in out.stderr and "is 3.10.12" in out.stderr and "PYTHON=" in out.stderr
