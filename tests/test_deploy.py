@@ -158,6 +158,29 @@ def test_module_in_own_folder_keeps_everything_there(tmp_path):
     assert git(clone, "status", "--porcelain", "--ignored") == ""
 
 
+def test_module_read_from_git_finds_its_data_and_paper(tmp_path):
+    """The module read from a git repository at a tag, as from a git host (`gitfile` takes the path Snakemake
+    takes for `github(...)`: files read from git, not from a folder): the bundled MNIST is copied into the
+    project's resources/ and verified, the paper's numbers come from the tagged file, and a rerun has nothing to
+    do. Snakemake's source cache reads git files as text; the workflow reads the binary ones itself."""
+    clone = project_copy(tmp_path / "clone")
+    git(clone, "init", "-q")
+    git(clone, "add", "-A")
+    git(clone, "commit", "-q", "-m", "clone")
+    git(clone, "tag", f"v{mpi_ensemble.__version__}")
+    source = f'gitfile("{clone}", path="workflow/Snakefile", tag="v{mpi_ensemble.__version__}")'
+    project = module_project(tmp_path / "project", "", TINY)
+    (project / "Snakefile").write_text((project / "Snakefile").read_text().replace('""', source))
+    arrays = [f"results/data/mnist/{name}.npy" for name in ("train_x", "train_y", "test_x", "test_y")]
+    snakemake(project, *arrays)
+    fetched = (project / "logs" / "fetch_data.log").read_text()
+    assert fetched.count("copied from resources/bundled/data/mnist, SHA-256 verified") == 4, fetched
+    plan = snakemake(project, "-n", "results/summary.csv").stdout
+    assert f"git+file://{clone}/paper/reported_results.csv@v{mpi_ensemble.__version__}" in plan
+    assert "Nothing to be done" in snakemake(project, "-n", *arrays).stdout
+    assert git(clone, "status", "--porcelain", "--ignored") == ""
+
+
 def test_missing_package_is_refused_naming_the_install(tmp_path):
     """Snakemake from an environment that has every package of .venv but the project (its site-packages joined
     by a plain path, which leaves out the editable install's hook) stops before any job and says how to install

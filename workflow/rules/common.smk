@@ -4,11 +4,12 @@ import re
 import sys
 from pathlib import Path
 
+import git
 import yaml
 from snakemake.exceptions import WorkflowError
 from snakemake.logging import logger
 from snakemake.settings.types import DeploymentMethod
-from snakemake.sourcecache import HostingProviderFile, LocalSourceFile
+from snakemake.sourcecache import HostingProviderFile, LocalGitFile, LocalSourceFile
 from snakemake.utils import min_version, validate
 
 min_version("9.0")
@@ -43,17 +44,36 @@ validate(config, schema="../schemas/config.schema.yaml")
 RULES_DIR = workflow.current_basedir
 
 
-def own_file(rel):
+def own_file(rel, binary=False):
     """A file of this workflow's repository, `rel` to workflow/rules: the file itself in a local copy, else
-    Snakemake's cached download of it (a module from a git host); None where there is no such file.
-    """
+    Snakemake's cached copy (a module from a git host), or for a binary file our own (git_copy); None where
+    there is no such file."""
     if isinstance(RULES_DIR, LocalSourceFile):
         path = os.path.normpath(os.path.join(RULES_DIR.get_path_or_uri(secret_free=True), rel))
         return path if os.path.isfile(path) else None
     try:
-        return workflow.source_path(rel)
-    except Exception:  # whatever the host answers for a missing file (HTTP 404, git error)
+        return git_copy(rel) if binary else workflow.source_path(rel)
+    except Exception:  # whatever the host or git answers for a missing file
         return None
+
+
+def git_copy(rel):
+    """A binary file of a workflow read from git (github(...), gitlab(...), gitfile(...)), copied once into
+    resources/bundled/: Snakemake's source cache reads git files as text, which fails on binary ones.
+    """
+    source = RULES_DIR.join(rel)
+    dest = Path("resources", "bundled", source.path)
+    if not dest.exists():
+        if isinstance(source, LocalGitFile):
+            repo = git.Repo(source.repo_path)
+        else:
+            source.fetch_if_required()
+            repo = source.hosted_repo.repo
+        blob = repo.git.show(f"{source.ref}:{source.path}", stdout_as_string=False)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        dest.with_suffix(".part").write_bytes(blob)
+        dest.with_suffix(".part").rename(dest)
+    return str(dest)
 
 
 INSTALL_HINT = (
@@ -67,9 +87,8 @@ except ImportError as err:
     raise WorkflowError(
         f"The package mpi_ensemble is not importable by {sys.executable}: {err}. {INSTALL_HINT}"
     )
-VERSION = re.search(
-    r'__version__ = "(.+)"', open(own_file("../../src/mpi_ensemble/__init__.py")).read()
-)[1]
+INIT = Path(own_file("../../src/mpi_ensemble/__init__.py")).read_text()
+VERSION = re.search(r'__version__ = "(.+)"', INIT)[1]
 if __version__ != VERSION:
     raise WorkflowError(
         f"mpi_ensemble {__version__} is installed, this workflow is {VERSION}. {INSTALL_HINT}"
@@ -99,7 +118,7 @@ CONTROL_RANKS = [n for n in RANKS if config["control_ranks"] == "all" or n <= CO
 SHARD_RANKS = [n for n in CONTROL_RANKS if n > 1]
 refuse(data.check_shards, RANKS, config["max_train_images"] or 60000, config["validation_split"])
 # Where fetch_data copies from: data_dir, else the copy bundled with the workflow, else (None) the mirrors.
-BUNDLED = [own_file(f"../../data/{DATASET}/{name}") for name in FILES]
+BUNDLED = [own_file(f"../../data/{DATASET}/{name}", binary=True) for name in FILES]
 if config["data_dir"] or all(BUNDLED):
     DATA_SOURCE = refuse(
         data.data_source, config["data_dir"], os.path.dirname(BUNDLED[0] or "."), FILES
@@ -144,11 +163,8 @@ def package_source():
 USING_CONDA = DeploymentMethod.CONDA in workflow.deployment_settings.deployment_method
 if USING_CONDA:
     os.environ.update(MPI_ENSEMBLE_SOURCE=package_source())  # read by the post-deploy scripts
-    LAUNCHER_AT = {
-        "flavour": refuse(
-            runtime.env_file_mpi, yaml.safe_load(open(own_file("../../envs/train.yaml")))
-        )
-    }
+    TRAIN_ENV = yaml.safe_load(Path(own_file("../../envs/train.yaml")).read_text())
+    LAUNCHER_AT = {"flavour": refuse(runtime.env_file_mpi, TRAIN_ENV)}
 else:
     VENV_BIN = str(Path(sys.executable).parent)
     LAUNCHER_AT = {
