@@ -13,10 +13,14 @@ export TF_CPP_MIN_LOG_LEVEL ?= 1
 
 venv: $(STAMP)
 
-$(STAMP): envs/requirements.txt
+# The pinned set, then the project itself (editable: the rules and tests run the code of this checkout).
+$(STAMP): envs/requirements.txt pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null || { echo "make: Python >= 3.11 \
+	is needed; '$(PYTHON)' is $$($(PYTHON) -c 'import sys; print(sys.version.split()[0])' 2>/dev/null || echo 'no \
+	working Python'). Choose another with PYTHON=, e.g. make $(or $(MAKECMDGOALS),venv) PYTHON=python3.12" >&2; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -r envs/requirements.txt
+	$(BIN)/python -m pip install --quiet -r envs/requirements.txt -e .
 	touch $@
 
 # The workflow's last rule audits its own results (results/audit.txt, in the report); a disagreement fails here.

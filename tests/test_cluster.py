@@ -10,6 +10,8 @@ import json
 import os
 import re
 import subprocess
+import sys
+import time
 
 import pytest
 import slurm_cluster
@@ -44,7 +46,8 @@ def test_job_cores_without_limits_are_this_process_cores():
 
 def test_scheduler_launch_commands():
     assert runtime.scheduler_launch_command(["srun", "--mpi=pmi2"], 4, 2) == [
-        "srun", "--mpi=pmi2", "-n", "4", "--cpus-per-task=2"]
+        "srun", "--mpi=pmi2", "-n", "4", "--cpus-per-task=2", "--kill-on-bad-exit=1"]
+    assert runtime.scheduler_launch_command(["srun", "-K0"], 2, 1) == ["srun", "-K0", "-n", "2", "--cpus-per-task=1"]
     assert runtime.scheduler_launch_command(["aprun"], 3, 1) == ["aprun", "-n", "3"]
     assert runtime.scheduler_launch_command([], 1, 2) == []  # singleton
     with pytest.raises(ValueError, match="only run 1 rank"):
@@ -78,14 +81,32 @@ def test_placement_asks_for_enough_nodes():
 
 
 def test_slurm_profile_sets_launcher_and_placement_once():
-    """One launcher and one placement for every MPI rule, in the profile's config file; no per-rule entries."""
+    """One launcher and one placement for every MPI rule, as the profile's default resources (no configfile a
+    user's --configfile would replace); no per-rule entries."""
     import yaml
 
     profile = yaml.safe_load((ROOT / "workflow/profiles/slurm/config.yaml").read_text())
     assert profile["executor"] == "slurm" and profile["default-resources"]["runtime"] > 0
-    assert "set-resources" not in profile
-    mpi = yaml.safe_load((ROOT / profile["configfile"]).read_text())
-    assert mpi == {"mpi_launcher": "srun --mpi=pmi2", "ranks_per_node": 0}
+    assert "set-resources" not in profile and "configfile" not in profile and "config" not in profile
+    assert profile["default-resources"]["mpi_launcher"] == "'srun --mpi=pmi2'"
+    assert profile["default-resources"]["ranks_per_node"] == 0
+
+
+@pytest.mark.parametrize("own, launcher", [("epochs: 1\n", "srun --mpi=pmi2"),
+                                           ("mpi_launcher: srun --mpi=pmix\n", "srun --mpi=pmix")])
+def test_own_configfile_keeps_the_profile_launcher_unless_it_names_one(tmp_path, own, launcher):
+    """A --configfile of one's own with the SLURM profile: the ranks still start with srun as one job step, the
+    profile's; a launcher the file names wins."""
+    work = project_copy(tmp_path)
+    (tmp_path / "my.yaml").write_text(own)
+    out = snakemake(work, *PROFILE, "-n", "-p", "--configfile", str(tmp_path / "my.yaml"), "--config", *SMALL[:2],
+                    "ranks=[2]", "seeds=[0]", "baseline_threads=[1]")
+    text = out.stdout + out.stderr
+    for rule in ("train_mpi_ranks2", "train_data_parallel_ranks2"):
+        block = text[text.index(f"rule {rule}:"):]
+        block = block[:block.index("\n\n")]
+        assert f"{launcher} -n 2 --cpus-per-task=1 --kill-on-bad-exit=1 python -m mpi4py" in block, block
+        assert "mpiexec" not in block, block
 
 
 def test_dry_run_requests_per_rank_cpus_not_threads(tmp_path):
@@ -101,7 +122,7 @@ def test_dry_run_requests_per_rank_cpus_not_threads(tmp_path):
         resources = block[block.index("resources:"):].splitlines()[0]
         assert "mpi=srun --mpi=pmi2" in resources and f"tasks={n}" in resources, resources
         assert "cpus_per_task=1," in resources and f"nodes={n}" in resources, resources
-        assert f"srun --mpi=pmi2 -n {n} --cpus-per-task=1 python -m mpi4py" in block
+        assert f"srun --mpi=pmi2 -n {n} --cpus-per-task=1 --kill-on-bad-exit=1 python -m mpi4py" in block
     block = text[text.index("rule train_mpi_ranks1:"):]
     assert "mpi=, tasks=1" in block[block.index("resources:"):].splitlines()[0]
 
@@ -139,6 +160,31 @@ def cluster(cluster_available, tmp_path_factory):
     """munged, slurmctld and slurmd on localhost with 2 CPUs (this machine's), stopped by PID afterwards."""
     with slurm_cluster.running(slurm_cluster.Cluster(tmp_path_factory.mktemp("slurm"), cpus=2, memory_mb=8000)) as up:
         yield up
+
+
+def test_a_rank_failing_at_start_up_ends_the_srun_step(cluster, tmp_path):
+    """Rank 1 exits (code 3) before MPI_Init while rank 0 waits in MPI_Init for the world to form. The srun
+    command the workflow builds ends the step at once: the job fails within seconds instead of rank 0 waiting
+    until the job's time limit (5 minutes here)."""
+    rank = tmp_path / "rank.sh"
+    rank.write_text(f'#!/bin/sh\nif [ "$SLURM_PROCID" = 1 ]; then exit 3; fi\ntouch {tmp_path}/rank0-started\n'
+                    f'exec {sys.executable} -c "from mpi4py import MPI; MPI.COMM_WORLD.Barrier()"\n')
+    rank.chmod(0o755)
+    command = " ".join([*runtime.launch_prefix("srun --mpi=pmi2", 2, 1, True), str(rank)])
+    assert "--kill-on-bad-exit=1" in command
+    job = cluster.run_client("sbatch", "--parsable", "-n", "2", "--mem-per-cpu", "200", "--time", "5",
+                             "-o", str(tmp_path / "job.out"), "--wrap", command)
+    assert job.returncode == 0, job.stderr
+    job_id, start = job.stdout.strip(), time.monotonic()
+
+    def state():
+        return re.search(r"JobState=(\w+)", cluster.run_client("scontrol", "show", "job", job_id).stdout)[1]
+
+    cluster.wait_for(lambda: state() not in ("PENDING", "RUNNING", "COMPLETING"), f"end of job {job_id}", 120)
+    info = cluster.run_client("scontrol", "show", "job", job_id).stdout
+    assert (tmp_path / "rank0-started").exists()
+    assert state() == "FAILED" and "ExitCode=0:0" not in info, info
+    assert time.monotonic() - start < 60, info
 
 
 @pytest.fixture(scope="module")

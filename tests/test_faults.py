@@ -235,7 +235,9 @@ def test_missing_launcher_says_how_to_install(blank, tmp_path):
     no_mpi = tmp_path / "no-mpi-env"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(no_mpi)], check=True)
     path = path_without_mpi(tmp_path / "path")
-    env = {**os.environ, "PATH": path, "PYTHONPATH": sysconfig.get_paths()["purelib"], "TF_CPP_MIN_LOG_LEVEL": "2"}
+    # .venv's packages and this project's (a plain path does not run the editable install's hook)
+    packages = os.pathsep.join([sysconfig.get_paths()["purelib"], str(ROOT / "src")])
+    env = {**os.environ, "PATH": path, "PYTHONPATH": packages, "TF_CPP_MIN_LOG_LEVEL": "2"}
     assert shutil.which("mpiexec", path=f"{no_mpi / 'bin'}{os.pathsep}{path}") is None
     out = subprocess.run([str(no_mpi / "bin" / "python"), "-m", "snakemake", "--cores", "2", "--config", *FAULTS],
                          cwd=blank, env=env, capture_output=True, text=True, timeout=300)

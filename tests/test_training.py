@@ -98,7 +98,8 @@ def test_launch_prefix_for_each_kind_of_launcher():
     mpiexec = str(BIN / "mpiexec")
     assert runtime.launch_prefix("mpiexec", 2, 1, True, str(BIN)) == [mpiexec, "-n", "2", "-bind-to", "core:1"]
     assert runtime.launch_prefix("mpiexec -v", 3, 1, False, str(BIN)) == [mpiexec, "-n", "3", "-bind-to", "none", "-v"]
-    assert runtime.launch_prefix("srun --mpi=pmi2", 2, 4, True) == ["srun", "--mpi=pmi2", "-n", "2", "--cpus-per-task=4"]
+    assert runtime.launch_prefix("srun --mpi=pmi2", 2, 4, True) == ["srun", "--mpi=pmi2", "-n", "2", "--cpus-per-task=4",
+                                                                  "--kill-on-bad-exit=1"]
     assert runtime.launch_prefix("", 1, 2, True) == []
     with pytest.raises(ValueError, match="only run 1 rank"):
         runtime.launch_prefix("", 2, 1, True)

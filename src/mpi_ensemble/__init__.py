@@ -5,4 +5,4 @@ building blocks they share (model, runtime, records, allreduce, voting, metrics,
 line whose sub-commands carry the rule names: `python -m mpi_ensemble RULE ...` (cli.py).
 """
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"

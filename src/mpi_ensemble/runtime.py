@@ -282,29 +282,48 @@ def launch_command(launcher, flavour, ranks, threads, bind):
     return [launcher, "-n", str(ranks), *binding_args(flavour, threads, bind)]
 
 
-def launch_prefix(mpi, ranks, threads, bind, search_path=None):
+def launch_prefix(mpi, ranks, threads, bind, search_path=None, flavour=None):
     """The command that starts `ranks` processes of `threads` threads each, from the rule's `mpi` resource.
 
     `mpiexec`/`mpirun` (MPICH or Open MPI) get `-n N` and binding flags (none when `bind` is false); any other
     launcher (`srun --mpi=pmi2`, ...) binds by its own options; an empty one runs a single rank as an MPI singleton.
+    With `flavour` ('mpich', 'openmpi') the launcher stays a bare name for the job's shell to find on the job's
+    PATH (a conda env that does not exist yet); else it is resolved on `search_path` and asked its flavour.
     Raises FileNotFoundError (with an install hint) for a launcher that is not on the path.
     """
     parts = str(mpi).split()
     if not parts or os.path.basename(parts[0]) not in ("mpiexec", "mpirun"):
         return scheduler_launch_command(parts, ranks, threads)
+    if flavour is not None:
+        return launch_command(parts[0], flavour, ranks, threads, bind) + parts[1:]
     launcher = find_launcher(parts[0], search_path=search_path)
     return launch_command(launcher, launcher_flavour(launcher), ranks, threads, bind) + parts[1:]
 
 
+def env_file_mpi(env):
+    """'mpich' or 'openmpi': the MPI a conda env file (parsed YAML) installs, from its conda dependencies."""
+    names = [str(dep).split("=")[0].split()[0] for dep in env.get("dependencies", []) if isinstance(dep, str)]
+    found = [name for name in names if name in ("mpich", "openmpi")]
+    if len(found) != 1:
+        raise ValueError(f"the conda env must install exactly one MPI (mpich or openmpi), found {found or 'none'}")
+    return found[0]
+
+
 def scheduler_launch_command(parts, ranks, threads):
     """A scheduler's launcher (`srun --mpi=pmi2`, ...) plus the world size; srun also gets each rank's CPUs, as
-    since SLURM 22.05 a step no longer inherits the job's --cpus-per-task. An empty launcher runs the single rank
-    as an MPI singleton."""
+    since SLURM 22.05 a step no longer inherits the job's --cpus-per-task, and --kill-on-bad-exit=1: a rank that
+    fails (at start-up, say) ends the step, where srun would otherwise leave the others waiting for it in MPI_Init
+    or a collective until the time limit. mpiexec and mpirun end the world on a failed rank by themselves. An empty
+    launcher runs the single rank as an MPI singleton."""
     if not parts:
         if ranks != 1:
             raise ValueError(f"an empty MPI launcher can only run 1 rank, not {ranks}; set the rule's `mpi` resource")
         return []
-    extra = [f"--cpus-per-task={threads}"] if os.path.basename(parts[0]) == "srun" else []
+    extra = []
+    if os.path.basename(parts[0]) == "srun":
+        extra.append(f"--cpus-per-task={threads}")
+        if not any(p == "-K" or p.startswith(("--kill-on-bad-exit", "-K")) for p in parts[1:]):
+            extra.append("--kill-on-bad-exit=1")
     return [*parts, "-n", str(ranks), *extra]
 
 

@@ -1,11 +1,16 @@
+import ast
 import json
 import os
+import re
 import sys
 from pathlib import Path
 
+import git
+import yaml
 from snakemake.exceptions import WorkflowError
 from snakemake.logging import logger
 from snakemake.settings.types import DeploymentMethod
+from snakemake.sourcecache import HostingProviderFile, LocalGitFile, LocalSourceFile
 from snakemake.utils import min_version, validate
 
 min_version("9.0")
@@ -35,16 +40,66 @@ def coerce_cli_lists(cfg):
 coerce_cli_lists(config)
 validate(config, schema="../schemas/config.schema.yaml")
 
-ROOT = Path(workflow.basedir)
-sys.path.insert(0, str(ROOT / "src"))
+# This workflow's own folder (workflow/rules), local or on a git host; not the working directory, which holds
+# the results, nor workflow.basedir, which is the user's Snakefile's folder when this workflow is a module.
+RULES_DIR = workflow.current_basedir
 
-from mpi_ensemble import data, runtime  # noqa: E402
+
+def own_file(rel, binary=False):
+    """A file of this workflow's repository, `rel` to workflow/rules: the file itself in a local copy, else
+    Snakemake's cached copy (a module from a git host), or for a binary file our own (git_copy); None where
+    there is no such file."""
+    if isinstance(RULES_DIR, LocalSourceFile):
+        path = os.path.normpath(os.path.join(RULES_DIR.get_path_or_uri(secret_free=True), rel))
+        return path if os.path.isfile(path) else None
+    try:
+        return git_copy(rel) if binary else workflow.source_path(rel)
+    except Exception:  # whatever the host or git answers for a missing file
+        return None
 
 
-def refuse(check, *args):
+def git_copy(rel):
+    """A binary file of a workflow read from git (github(...), gitlab(...), gitfile(...)), copied once into
+    resources/bundled/: Snakemake's source cache reads git files as text, which fails on binary ones.
+    """
+    source = RULES_DIR.join(rel)
+    dest = Path("resources", "bundled", source.path)
+    if not dest.exists():
+        if isinstance(source, LocalGitFile):
+            repo = git.Repo(source.repo_path)
+        else:
+            source.fetch_if_required()
+            repo = source.hosted_repo.repo
+        blob = repo.git.show(f"{source.ref}:{source.path}", stdout_as_string=False)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        dest.with_suffix(".part").write_bytes(blob)
+        dest.with_suffix(".part").rename(dest)
+    return str(dest)
+
+
+INSTALL_HINT = (
+    "Install it into the Python that runs Snakemake: `make venv` in a clone (then run .venv/bin/snakemake), "
+    "or `pip install -r envs/requirements.txt` plus the workflow itself, its folder or git URL (README.md, "
+    '"Deploy in your own project").'
+)
+try:
+    from mpi_ensemble import __version__, data, runtime
+except ImportError as err:
+    raise WorkflowError(
+        f"The package mpi_ensemble is not importable by {sys.executable}: {err}. {INSTALL_HINT}"
+    )
+INIT = Path(own_file("../../src/mpi_ensemble/__init__.py")).read_text()
+VERSION = re.search(r'__version__ = "(.+)"', INIT)[1]
+if __version__ != VERSION:
+    raise WorkflowError(
+        f"mpi_ensemble {__version__} is installed, this workflow is {VERSION}. {INSTALL_HINT}"
+    )
+
+
+def refuse(check, *args, **kwargs):
     """Run one of the package's checks; its error becomes Snakemake's, before any job starts."""
     try:
-        return check(*args)
+        return check(*args, **kwargs)
     except (ValueError, FileNotFoundError) as err:
         raise WorkflowError(str(err))
 
@@ -70,7 +125,15 @@ refuse(
     data.train_count(DATASET, config["max_train_images"]),
     config["validation_split"],
 )
-DATA_SOURCE = refuse(data.data_source, config["data_dir"], ROOT / "data" / DATASET, FILES)
+# Where fetch_data copies from: data_dir, else the copy bundled with the workflow, else (None) the mirrors.
+BUNDLED = [own_file(f"../../data/{DATASET}/{name}", binary=True) for name in FILES]
+if config["data_dir"] or all(BUNDLED):
+    DATA_SOURCE = refuse(
+        data.data_source, config["data_dir"], os.path.dirname(BUNDLED[0] or "."), FILES
+    )
+else:
+    DATA_SOURCE = None
+PAPER = own_file("../../paper/reported_results.csv")
 
 
 def threads_per_rank(n):
@@ -86,27 +149,67 @@ if OVERSUBSCRIBED:
     )
 
 
-# --- how jobs run: the package on PYTHONPATH, the launcher of MPI jobs -----------------------------------------
+# --- how jobs run: the installed package, the launcher of MPI jobs --------------------------------------------
 
-# Without conda, the interpreter and mpiexec that run Snakemake (the project's .venv) serve the jobs too; with
-# --use-conda, each rule's env provides them.
+
+def package_source():
+    """pip's arguments for this workflow's package, from where Snakemake read the workflow: the local copy
+    (editable), or the git host's tag, branch or commit."""
+    if isinstance(RULES_DIR, LocalSourceFile):
+        return f"-e {Path(RULES_DIR.get_path_or_uri(secret_free=True)).parents[1]}"
+    if isinstance(RULES_DIR, HostingProviderFile):
+        return f"git+https://{RULES_DIR.host}/{RULES_DIR.repo}@{RULES_DIR.ref}"
+    raise WorkflowError(
+        f"--sdm conda: cannot tell pip where the package of {RULES_DIR} is; use a local copy"
+    )
+
+
+# Without conda, the interpreter and mpiexec of the environment that runs Snakemake (the project's .venv, where
+# `make venv` installed the package) serve the jobs too. With --sdm conda each rule's env provides them: its
+# post-deploy script installs the package (from MPI_ENSEMBLE_SOURCE), and the launcher is found when the job
+# runs, on the PATH conda gives it, the MPI being the one envs/train.yaml installs.
 USING_CONDA = DeploymentMethod.CONDA in workflow.deployment_settings.deployment_method
-VENV_BIN = "" if USING_CONDA else str(Path(sys.executable).parent)
-JOB_PATH = os.pathsep.join(p for p in (VENV_BIN, os.getenv("PATH", "")) if p)
-shell.prefix(
-    f"export PYTHONPATH={ROOT / 'src'}${{{{PYTHONPATH:+:$PYTHONPATH}}}}; "
-    + (f"export PATH={VENV_BIN}:$PATH; " if VENV_BIN else "")
+if USING_CONDA:
+    os.environ.update(MPI_ENSEMBLE_SOURCE=package_source())  # read by the post-deploy scripts
+    TRAIN_ENV = yaml.safe_load(Path(own_file("../../envs/train.yaml")).read_text())
+    LAUNCHER_AT = {"flavour": refuse(runtime.env_file_mpi, TRAIN_ENV)}
+else:
+    VENV_BIN = str(Path(sys.executable).parent)
+    LAUNCHER_AT = {
+        "search_path": os.pathsep.join(p for p in (VENV_BIN, os.getenv("PATH", "")) if p)
+    }
+    shell.prefix(f"export PATH={VENV_BIN}:$PATH; ")
+
+
+def mpi_setting(key, fallback):
+    """`mpi_launcher` or `ranks_per_node` and where it came from: the config, unless null there; else the
+    default resource of that name, where the SLURM profile sets both (a --configfile of one's own, unlike a
+    profile's configfile, cannot drop it); else `fallback`."""
+    if config[key] is not None:
+        return config[key], "config"
+    for arg in getattr(workflow.resource_settings.default_resources, "args", None) or []:
+        name, _, value = arg.partition("=")
+        if name == key:
+            return refuse(ast.literal_eval, value), "the profile's default-resources"
+    return fallback, "default"
+
+
+MPI_LAUNCHER, LAUNCHER_FROM = mpi_setting("mpi_launcher", "mpiexec")
+RANKS_PER_NODE, PLACEMENT_FROM = mpi_setting("ranks_per_node", 0)
+logger.info(
+    f"MPI jobs: launcher `{MPI_LAUNCHER}` ({LAUNCHER_FROM}), "
+    f"ranks_per_node {RANKS_PER_NODE} ({PLACEMENT_FROM})"
 )
 
 
 def mpi_resources(n):
     """What every N-rank job asks of the executor: N tasks of k CPUs each (never N x threads), with the
-    launcher (`mpi_launcher`) and placement (`ranks_per_node`) that hold for every MPI rule."""
+    launcher and placement that hold for every MPI rule (mpi_setting)."""
     return {
-        "mpi": runtime.rank_launcher(config["mpi_launcher"], n),
+        "mpi": runtime.rank_launcher(MPI_LAUNCHER, n),
         "tasks": n,
         "cpus_per_task": threads_per_rank(n),
-        **refuse(runtime.placement, n, config["ranks_per_node"]),
+        **refuse(runtime.placement, n, RANKS_PER_NODE),
     }
 
 
@@ -115,7 +218,7 @@ def launch_prefix(wildcards, resources, threads):
     launcher named by the rule's `mpi` resource."""
     n, per_rank = int(resources.tasks), int(resources.cpus_per_task)
     bind = config["bind"] and not runtime.is_oversubscribed(n, per_rank, threads)
-    return " ".join(refuse(runtime.launch_prefix, resources.mpi, n, per_rank, bind, JOB_PATH))
+    return " ".join(refuse(runtime.launch_prefix, resources.mpi, n, per_rank, bind, **LAUNCHER_AT))
 
 
 # --- inputs and the training settings every trainer gets -------------------------------------------------------

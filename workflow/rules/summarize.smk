@@ -4,7 +4,7 @@ rule summarize:
     input:
         results=[result for result, _ in RESULTS],
         benchmarks=sorted({bench for _, benches in RESULTS for bench in benches}),
-        paper="paper/reported_results.csv",
+        paper=PAPER,
     output:
         summary=report("results/summary.csv", caption="../report/summary.rst", category="Summary"),
         stats=report(
@@ -43,7 +43,7 @@ rule figures:
     input:
         stats="results/summary_stats.csv",
         rank_times="results/rank_times.csv",
-        paper="paper/reported_results.csv",
+        paper=PAPER,
         histories=[path for _, path in HISTORIES],
     output:
         fig_sequential=report(

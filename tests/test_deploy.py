@@ -1,0 +1,280 @@
+"""Deployment: the workflow as a module in a user's own folder, the software stacks stating the same pins, the
+launcher found inside a conda job's environment, one version number, and the prerequisites the Makefile checks."""
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+import tomllib
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import BIN, ROOT, project_copy, snakemake
+
+import mpi_ensemble
+
+TINY = {"max_train_images": 2000, "max_test_images": 500, "epochs": 1, "ranks": [2], "seeds": [0],
+        "baseline_threads": [1]}
+# conda-forge's names for what pip calls otherwise (same library, same version)
+CONDA_TO_PIP = {"matplotlib-base": "matplotlib"}
+
+
+def canonical(name):
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def requirement_pins():
+    """envs/requirements.txt (the .venv's pinned set) as {name: version}."""
+    lines = (ROOT / "envs" / "requirements.txt").read_text().splitlines()
+    return {canonical(n): v for n, v in (line.split("==") for line in lines if line and not line.startswith("#"))}
+
+
+def conda_env_pins(path):
+    """{name: version} of a conda env file, its conda and its pip dependencies; python and pip left out."""
+    pins = {}
+    for dep in yaml.safe_load(path.read_text())["dependencies"]:
+        for spec in dep["pip"] if isinstance(dep, dict) else [dep]:
+            name, _, version = spec.replace(" ", "").replace("==", "=").partition("=")
+            pins[canonical(CONDA_TO_PIP.get(name, name))] = version
+    return {name: version for name, version in pins.items() if name not in ("python", "pip")}
+
+
+# --- the software stacks state the same pins --------------------------------------------------------------
+
+
+def test_conda_envs_and_the_package_pin_what_the_pip_set_pins():
+    """Every package a conda env or pyproject names is pinned to the very version of envs/requirements.txt, the
+    set every reference run used (MPICH 5.0.2 included); a conda pin that only names a series (=4) fails."""
+    pins = requirement_pins()
+    assert pins["mpich"] == "5.0.2"
+    envs = sorted((ROOT / "envs").glob("*.yaml"))
+    assert [p.name for p in envs] == ["data.yaml", "summarize.yaml", "train.yaml"]
+    for path in envs:
+        stated = conda_env_pins(path)
+        assert stated and stated == {name: pins.get(name) for name in stated}, path.name
+    assert conda_env_pins(ROOT / "envs" / "train.yaml")["mpich"] == "5.0.2"
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    for spec in project["dependencies"] + project["optional-dependencies"]["mpich"]:
+        name, version = spec.split("==")
+        assert pins[canonical(name)] == version, spec
+    python = {yaml.safe_load(p.read_text())["dependencies"][0] for p in envs}
+    assert python == {"python =3.11"} and project["requires-python"] == ">=3.11"
+
+
+def test_conda_env_pin_parsing_sees_a_loose_or_wrong_pin(tmp_path):
+    (tmp_path / "env.yaml").write_text("dependencies:\n  - python =3.11\n  - mpich =4\n  - pip\n  - pip:\n"
+                                       "      - keras==3.0.0\n")
+    assert conda_env_pins(tmp_path / "env.yaml") == {"mpich": "4", "keras": "3.0.0"}
+
+
+def test_every_conda_env_installs_the_package_of_this_version():
+    """Each env's post-deploy script pip-installs this workflow's package from where the workflow was read;
+    its text names the version, so that a new version gives new envs (Snakemake hashes the script)."""
+    for env in ("data", "train", "summarize"):
+        script = (ROOT / "envs" / f"{env}.post-deploy.sh").read_text()
+        assert f"mpi-ensemble {mpi_ensemble.__version__}" in script
+        assert "pip install --no-deps ${MPI_ENSEMBLE_SOURCE:?" in script
+
+
+# --- one version, the catalog's usage, the citation ----------------------------------------------------------
+
+
+def test_one_version_number_everywhere():
+    version = mpi_ensemble.__version__
+    assert re.fullmatch(r"\d+\.\d+\.\d+", version)
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    assert project["tool"]["setuptools"]["dynamic"]["version"] == {"attr": "mpi_ensemble.__version__"}
+    assert yaml.safe_load((ROOT / "CITATION.cff").read_text())["version"] == version
+    first = next(line for line in (ROOT / "CHANGELOG.md").read_text().splitlines() if line.startswith("## "))
+    assert first.startswith(f"## {version} ")
+    installed = subprocess.run([str(BIN / "python"), "-m", "pip", "show", "mpi-ensemble"], capture_output=True,
+                               text=True).stdout
+    assert f"Version: {version}" in installed
+
+
+def test_catalog_usage_and_standard_layout():
+    """What the workflow catalog's standardized usage reads, and the layout it (and snakedeploy) expect."""
+    usage = yaml.safe_load((ROOT / ".snakemake-workflow-catalog.yml").read_text())["usage"]
+    assert usage["software-stack-deployment"]["conda"] is True and usage["report"] is True
+    assert usage["mandatory-flags"]["flags"] and usage["mandatory-flags"]["desc"]
+    assert (ROOT / "workflow" / "Snakefile").is_file() and (ROOT / "config" / "README.md").is_file()
+    assert "snakedeploy deploy-workflow" in (ROOT / "README.md").read_text()
+
+
+# --- the workflow as a module in the user's own folder ----------------------------------------------------
+
+
+def module_project(folder, snakefile, config):
+    """What a user writes: a Snakefile that uses every rule of the workflow as a module, and a config."""
+    (folder / "config").mkdir(parents=True)
+    (folder / "config" / "config.yaml").write_text(yaml.safe_dump(config))
+    (folder / "Snakefile").write_text(
+        'configfile: "config/config.yaml"\n\n\n'
+        "module mpi_ensemble:\n"
+        f'    snakefile:\n        "{snakefile}"\n'
+        "    config:\n        config\n\n\n"
+        "use rule * from mpi_ensemble\n"
+    )
+    return folder
+
+
+def git(folder, *args):
+    return subprocess.run(["git", "-c", "user.name=test", "-c", "user.email=test@example.org", *args], cwd=folder,
+                          capture_output=True, text=True, check=True).stdout
+
+
+@pytest.mark.workflow
+def test_module_in_own_folder_keeps_everything_there(tmp_path):
+    """A clone (a git repository) and a project folder holding only a Snakefile with a module and a tiny config:
+    the whole workflow and its report run there, the bundled MNIST and the paper's numbers are found from the
+    workflow's location, a second run has nothing to do, and the clone is left exactly as it was."""
+    clone = project_copy(tmp_path / "clone")
+    git(clone, "init", "-q")
+    git(clone, "add", "-A")
+    git(clone, "commit", "-q", "-m", "clone")
+    project = module_project(tmp_path / "project", clone / "workflow" / "Snakefile", TINY)
+
+    start = time.monotonic()
+    snakemake(project)
+    snakemake(project, "--report", "results/report.html")
+    print(f"\nmodule run and report: {time.monotonic() - start:.0f} s")
+
+    rows = (project / "results" / "summary.csv").read_text().splitlines()
+    assert rows[0].startswith("method,") and any(r.startswith("ensemble_majority,") for r in rows)
+    assert (project / "results" / "models" / "ranks2" / "seed0" / "rank1.keras").stat().st_size > 100_000
+    comparison = (project / "results" / "paper_comparison.csv").read_text()
+    assert "laptop" in comparison and "22.52" in comparison  # the paper's N = 2 row, from the clone's paper/
+    fetched = (project / "logs" / "fetch_data.log").read_text()
+    assert fetched.count(f"copied from {clone / 'data' / 'mnist'}, SHA-256 verified") == 4
+    assert (project / "logs" / "train_mpi" / "ranks2" / "seed0.log").is_file()
+    page = (project / "results" / "report.html").read_text()
+    assert len(page) > 100_000 and "fig6_scaling.png" in page and "Reproduction of Rehman" in page
+    out = snakemake(project, "-n")
+    assert "Nothing to be done" in out.stdout + out.stderr
+    assert git(clone, "status", "--porcelain", "--ignored") == ""
+
+
+def test_module_read_from_git_finds_its_data_and_paper(tmp_path):
+    """The module read from a git repository at a tag, as from a git host (`gitfile` takes the path Snakemake
+    takes for `github(...)`: files read from git, not from a folder): the bundled MNIST is copied into the
+    project's resources/ and verified, the paper's numbers come from the tagged file, and a rerun has nothing to
+    do. Snakemake's source cache reads git files as text; the workflow reads the binary ones itself."""
+    clone = project_copy(tmp_path / "clone")
+    git(clone, "init", "-q")
+    git(clone, "add", "-A")
+    git(clone, "commit", "-q", "-m", "clone")
+    git(clone, "tag", f"v{mpi_ensemble.__version__}")
+    source = f'gitfile("{clone}", path="workflow/Snakefile", tag="v{mpi_ensemble.__version__}")'
+    project = module_project(tmp_path / "project", "", TINY)
+    (project / "Snakefile").write_text((project / "Snakefile").read_text().replace('""', source))
+    arrays = [f"results/data/mnist/{name}.npy" for name in ("train_x", "train_y", "test_x", "test_y")]
+    snakemake(project, *arrays)
+    fetched = (project / "logs" / "fetch_data.log").read_text()
+    assert fetched.count("copied from resources/bundled/data/mnist, SHA-256 verified") == 4, fetched
+    plan = snakemake(project, "-n", "results/summary.csv").stdout
+    assert f"git+file://{clone}/paper/reported_results.csv@v{mpi_ensemble.__version__}" in plan
+    assert "Nothing to be done" in snakemake(project, "-n", *arrays).stdout
+    assert git(clone, "status", "--porcelain", "--ignored") == ""
+
+
+def test_missing_package_is_refused_naming_the_install(tmp_path):
+    """Snakemake from an environment that has every package of .venv but the project (its site-packages joined
+    by a plain path, which leaves out the editable install's hook) stops before any job and says how to install
+    the package."""
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    purelib = "import sysconfig; print(sysconfig.get_paths()['purelib'])"
+    ours = subprocess.run([str(BIN / "python"), "-c", purelib], capture_output=True, text=True).stdout.strip()
+    theirs = subprocess.run([str(venv / "bin" / "python"), "-c", purelib], capture_output=True, text=True)
+    (Path(theirs.stdout.strip()) / "venv_packages.pth").write_text(ours + "\n")
+    out = subprocess.run([str(venv / "bin" / "python"), "-m", "snakemake", "-n", "--cores", "1"],
+                         cwd=project_copy(tmp_path / "work"), capture_output=True, text=True, timeout=300)
+    text = out.stdout + out.stderr
+    assert out.returncode != 0 and "mpi_ensemble is not importable" in text and "make venv" in text, text[-3000:]
+
+
+# --- under --sdm conda, the launcher is the job env's ---------------------------------------------------------
+
+FAKE_CONDA = """#!/bin/sh
+# Answers what Snakemake asks conda before a dry run; creates nothing.
+case "$*" in
+  "info --json") echo '{"conda_prefix": "/nonexistent", "platform": "linux-64"}' ;;
+  "--version") echo "conda 25.1.1" ;;
+  "config --get channel_priority --json") echo '{"get": {"channel_priority": "strict"}}' ;;
+  *) echo "test conda: $* is not provided" >&2; exit 1 ;;
+esac
+"""
+
+
+def job_env(folder, marker):
+    """A folder shaped like a conda env that holds this stack: bin/python (a link, with the venv's pyvenv.cfg and
+    lib/ beside it, so it is that interpreter with those packages), Hydra's helpers, and bin/mpiexec, a wrapper
+    that notes its use in `marker` and then runs the real one."""
+    (folder / "bin").mkdir(parents=True)
+    shutil.copy(BIN.parent / "pyvenv.cfg", folder / "pyvenv.cfg")
+    (folder / "lib").symlink_to(BIN.parent / "lib")
+    (folder / "bin" / "python").symlink_to(BIN / "python")
+    for helper in BIN.glob("hydra_*"):
+        (folder / "bin" / helper.name).symlink_to(helper)
+    (folder / "bin" / "mpiexec").write_text(f'#!/bin/sh\necho "$0" >> {marker}\nexec {BIN / "mpiexec"} "$@"\n')
+    (folder / "bin" / "mpiexec").chmod(0o755)
+    return folder
+
+
+def shell_command(text, rule):
+    """The shell command a dry run (-p) prints for `rule`."""
+    block = text[text.index(f"rule {rule}:"):]
+    return re.search(r"\{ python -m mpi_ensemble clean_shm.*$", block, re.M)[0].strip()
+
+
+@pytest.mark.workflow
+def test_mpi_rule_under_conda_finds_the_launcher_in_the_job_env(tmp_path):
+    """--sdm conda: the MPI rule's command names mpiexec without a path, and run as conda runs it (the env's bin/
+    first on PATH, the Snakemake environment's bin/ nowhere on it) it starts the env's mpiexec and trains."""
+    work = project_copy(tmp_path / "work")
+    config = ["--config", *(f"{k}={json.dumps(v).replace(' ', '')}" for k, v in TINY.items())]
+    condabin = tmp_path / "condabin"
+    condabin.mkdir()
+    (condabin / "conda").write_text(FAKE_CONDA)
+    (condabin / "conda").chmod(0o755)
+    target = "results/models/ranks2/seed0/rank1.keras"
+    out = snakemake(work, target, "-n", "-p", "--sdm", "conda", *config,
+                    env={"PATH": f"{condabin}:{os.environ['PATH']}"})
+    command = shell_command(out.stdout + out.stderr, "train_mpi_ranks2")
+    assert " && mpiexec -n 2 -bind-to core:1 python -m mpi4py -m mpi_ensemble train_mpi_ranks " in command
+    assert str(BIN) not in command
+
+    snakemake(work, "results/data/mnist/train_x.npy", "results/data/mnist/train_y.npy", *config)  # the inputs
+    for folder in ("logs/train_mpi/ranks2", "results/models/ranks2/seed0"):
+        (work / folder).mkdir(parents=True, exist_ok=True)
+    marker = tmp_path / "launched"
+    env_bin = job_env(tmp_path / "env", marker) / "bin"
+    job = {key: value for key, value in os.environ.items() if key not in ("VIRTUAL_ENV", "PYTHONPATH")}
+    job.update(PATH=f"{env_bin}:/usr/bin:/bin", TF_CPP_MIN_LOG_LEVEL="2")
+    run = subprocess.run(["bash", "-c", command], cwd=work, env=job, capture_output=True, text=True, timeout=600)
+    log = (work / "logs" / "train_mpi" / "ranks2" / "seed0.log").read_text()
+    assert run.returncode == 0, log[-3000:]
+    assert marker.read_text().split() == [str(env_bin / "mpiexec")]
+    for rank in range(2):
+        record = json.loads((work / f"results/models/ranks2/seed0/rank{rank}.json").read_text())
+        assert record["ranks"] == 2 and record["rank"] == rank and record["mpi_library"].startswith("MPICH")
+        assert (work / f"results/models/ranks2/seed0/rank{rank}.keras").stat().st_size > 100_000
+
+
+# --- prerequisites the Makefile checks ----------------------------------------------------------------------
+
+
+def test_make_refuses_a_python_older_than_3_11(tmp_path):
+    """`make venv` with a Python 3.10 (a stand-in that answers as one) stops before creating anything, saying
+    what it found and that PYTHON= chooses another."""
+    old = tmp_path / "python3.10"
+    old.write_text('#!/bin/sh\ncase "$2" in *exit*) exit 1 ;; *) echo 3.10.12 ;; esac\n')
+    old.chmod(0o755)
+    out = subprocess.run(["make", "-C", str(ROOT), "venv", f"PYTHON={old}", f"VENV={tmp_path / 'venv'}"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode != 0 and not (tmp_path / "venv").exists()
+    assert "Python >= 3.11 is needed" in out.stderr and "is 3.10.12" in out.stderr and "PYTHON=" in out.stderr
