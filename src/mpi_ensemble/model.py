@@ -10,12 +10,13 @@ CLASSES = 10
 MODEL_VERSION = 2
 
 
-def build_model(keras, input_shape=IMAGE_SHAPE, classes=CLASSES, steps_per_execution=1, optimizer="adam"):
+def build_model(keras, input_shape=IMAGE_SHAPE, classes=CLASSES, steps_per_execution=1, optimizer="adam",
+                output_dtype="float32"):
     """Conv32-Pool-Conv64-Pool-Conv64-Flatten-Dense64-Dense10: 3x3 valid convs, ReLU, softmax (93,322 params).
 
     The output layer computes in float32 whatever the precision policy: under mixed_bfloat16 a bfloat16 softmax
     (8 bits of mantissa) would feed the loss and the saved probabilities that the soft and tie-break votes use,
-    as Keras' mixed-precision guide warns."""
+    as Keras' mixed-precision guide warns. (`output_dtype=None` follows the policy: benchmarks/bf16_output.py.)"""
     layers = keras.layers
     model = keras.Sequential(
         [
@@ -27,7 +28,7 @@ def build_model(keras, input_shape=IMAGE_SHAPE, classes=CLASSES, steps_per_execu
             layers.Conv2D(CONV_FILTERS[2], KERNEL, activation="relu"),
             layers.Flatten(),
             layers.Dense(DENSE_UNITS, activation="relu"),
-            layers.Dense(classes, activation="softmax", dtype="float32"),
+            layers.Dense(classes, activation="softmax", dtype=output_dtype),
         ]
     )
     # Integer labels with the sparse loss equal one-hot labels with categorical cross-entropy, without the copy.
