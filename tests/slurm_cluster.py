@@ -45,6 +45,9 @@ CLIENTS = ("sbatch", "srun", "squeue", "sinfo", "scontrol", "scancel")
 INSTALL_HINT = "install them as root with: apt-get install -y slurm-wlm munge"
 SYSTEM_CONF = Path("/etc/slurm/slurm.conf")
 CONF_HEADER = "# Written by the project's tests (tests/slurm_cluster.py)"
+# Seconds a job step's credential lives, and so how long SLURM holds a requeued job back before it may start again
+# (120 by default); a launch on this machine uses its credential within seconds.
+CRED_EXPIRE = 30
 
 
 def unavailable_reason(nodes=False):
@@ -101,7 +104,7 @@ SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
 CredType=cred/munge
-AuthInfo=socket={munge_socket}
+AuthInfo=socket={munge_socket},cred_expire={CRED_EXPIRE}
 StateSaveLocation={root}/state
 SlurmdSpoolDir={root}/spool/%n
 SlurmctldPidFile={root}/run/slurmctld.pid

@@ -19,7 +19,9 @@ from conftest import ROOT, project_copy, skip_unless_slurm, snakemake
 
 from mpi_ensemble import runtime
 
-SMALL = ["max_train_images=4000", "max_test_images=500", "epochs=1", "ranks=[1,2]", "seeds=[0]"]
+# Local SGD's jobs are submitted as the shared-start job is: that one stands for both.
+SMALL = ["max_train_images=4000", "max_test_images=500", "epochs=1", "ranks=[1,2]", "seeds=[0]", "local_sgd_periods=[]",
+         "baseline_threads=[1]"]
 # The test cluster has no accounts and no accounting (so no sacct); poll early, its jobs are short.
 PROFILE = [
     "--workflow-profile", "workflow/profiles/slurm", "--slurm-no-account", "--slurm-status-command", "squeue",
@@ -212,11 +214,12 @@ def test_outputs_match_the_local_run(slurm_run):
         rows = list(csv.DictReader(handle))
     paper_rows = [r for r in rows if r["method"] in ("sequential", "ensemble_majority")]
     assert {(r["method"], r["ranks"], r["threads"]) for r in paper_rows} == {
-        ("sequential", "1", "1"), ("sequential", "1", "all"), ("ensemble_majority", "1", "2"),
+        ("sequential", "1", "1"), ("ensemble_majority", "1", "2"),
         ("ensemble_majority", "2", "1")}
     assert {(r["method"], r["ranks"]) for r in rows} >= {("data_parallel", "1"), ("data_parallel", "2")}
     for row in rows:
-        assert 0.5 < float(row["accuracy"]) <= 1.0, row
+        # members averaged from independent starts fall towards chance (docs/methods.md)
+        assert 0.5 < float(row["accuracy"]) <= 1.0 or row["method"].startswith("weight_average_by"), row
         assert row["oversubscribed"] == "False"
     for row in paper_rows:
         assert 0 < float(row["fit_seconds_mean"]) <= float(row["fit_seconds_max"]) < float(row["job_seconds"])
@@ -233,10 +236,11 @@ def test_compute_jobs_were_submitted_and_the_rest_ran_locally(slurm_run):
     work, log = slurm_run
     rules = submitted_rules(log)
     assert set(rules) == {"preprocess", "train_sequential", "train_mpi_ranks1", "train_mpi_ranks2",
-                          "train_data_parallel_ranks1", "train_data_parallel_ranks2"}, log[-3000:]
-    assert len(rules["train_sequential"]) == 2 and len(rules["train_mpi_ranks2"]) == 1
-    for rule in ("fetch_data", "ensemble", "vote_variants", "single_shard", "summarize", "figures", "tables",
-                 "method_table"):
+                          "train_data_parallel_ranks1", "train_data_parallel_ranks2",
+                          "train_weight_average_shared_start_ranks2"}, log[-3000:]
+    assert len(rules["train_sequential"]) == 1 and len(rules["train_mpi_ranks2"]) == 1
+    for rule in ("fetch_data", "ensemble", "vote_variants", "weight_average", "single_shard", "summarize", "figures",
+                 "tables", "audit"):
         assert f"localrule {rule}:" in log
     for threads in ("1", "all"):
         record = json.loads((work / f"results/sequential/threads{threads}/seed0/result.json").read_text())

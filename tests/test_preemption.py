@@ -74,8 +74,9 @@ def test_requeued_training_job_resumes_to_the_weights_of_an_uncut_one(cluster, t
         stopped = time.monotonic()
         wait_for(lambda: not alive(int(pid)), 60, "the preempted rank to stop")
         print(f"\nSLURM job {job_id} requeued; its rank stopped after {time.monotonic() - stopped:.1f} s")
-        # SLURM holds a requeued job back until its credentials have expired (BeginTime, 2 minutes): started sooner,
-        # slurmd refuses it ("Job credential revoked") and it fails, so the test waits as a user's job would.
+        # SLURM holds a requeued job back until its credentials have expired (BeginTime; cred_expire, 30 s on the
+        # test cluster, 120 s by default): started sooner, slurmd refuses it ("Job credential revoked") and it
+        # fails, so the test waits as a user's job would.
         wait_for(lambda: job_field(cluster, job_id, "JobState") == "PENDING", 120, "the job to be pending again")
         # Rank 0 trained on independently: it resumes from wherever it had got.
         rank0_saved = resume_point(work / CHECKPOINTS / "rank0")

@@ -142,14 +142,10 @@ def figures(args):
 def tables(args):
     from . import summarize as stage
 
-    stage.tables(args.summary, args.stats, args.differences, args.comparison, args.provenance, args.summary_html,
-                 args.provenance_html)
-
-
-def method_table(args):
-    from . import summarize as stage
-
-    print(stage.method_table(args.summary, args.method, args.out))
+    if len(args.methods) != len(args.method_pages):
+        raise ValueError(f"{len(args.methods)} methods but {len(args.method_pages)} method pages; they must pair up")
+    print(stage.tables(args.summary, args.stats, args.differences, args.comparison, args.provenance,
+                       args.summary_html, args.provenance_html, list(zip(args.methods, args.method_pages))))
 
 
 def audit(args):
@@ -276,13 +272,11 @@ def summarize_commands(sub):
     p.add_argument("--networks", default="[]", help="the config's networks, as JSON, for the cost figure")
     p.set_defaults(func=figures)
 
-    p = sub.add_parser("tables", help="the summary and provenance as HTML pages")
+    p = sub.add_parser("tables", help="the summary, the provenance and each method's runs as HTML pages")
     required(p, "summary", "stats", "differences", "comparison", "provenance", "summary-html", "provenance-html")
+    p.add_argument("--methods", nargs="*", default=[], help="methods with a page of their runs")
+    p.add_argument("--method-pages", nargs="*", default=[], help="one page per --methods entry, in order")
     p.set_defaults(func=tables)
-
-    p = sub.add_parser("method_table", help="one method's rows of summary.csv as an HTML page")
-    required(p, "summary", "method", "out")
-    p.set_defaults(func=method_table)
 
     p = sub.add_parser("audit", help="recompute a finished results folder from what it saved and name every "
                        "disagreement (exit status 1 if there is any)")

@@ -403,16 +403,17 @@ def summarize(results, paper_path, workflow_cores, outputs):
 
 
 def tables(summary_path, stats_path, differences_path, comparison_path, provenance_path, summary_html,
-           provenance_html):
-    """The summary and provenance as HTML pages for the Snakemake report."""
+           provenance_html, method_pages=()):
+    """The summary, the provenance and each method's runs as HTML pages for the Snakemake report; `method_pages`:
+    (method, path) pairs. Returns a line per method page."""
     tables = (summary_path, stats_path, differences_path, comparison_path)
     frames = [pd.read_csv(p) for p in tables]
     atomic.write_text(summary_html, summary_page(*frames, records.inputs_note(tables)))
     atomic.write_text(provenance_html, provenance_page(atomic.read_json(provenance_path),
                                                       records.inputs_note([provenance_path])))
-
-
-def method_table(summary_path, method, out):
-    page, text = method_page(pd.read_csv(summary_path), method, records.inputs_note([summary_path]))
-    atomic.write_text(out, page)
-    return text
+    lines = []
+    for method, out in method_pages:
+        page, text = method_page(frames[0], method, records.inputs_note([summary_path]))
+        atomic.write_text(out, page)
+        lines.append(text)
+    return "\n".join(lines)

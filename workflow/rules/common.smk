@@ -335,15 +335,17 @@ def method_results():
 
 def ensemble_results(n, s):
     """The results made of one ensemble job's members: the paper's vote, and at the control world sizes the
-    other vote rules, the one-shot weight averages and the single-shard control."""
+    other vote rules, and with more than one member the one-shot weight averages and the single-shard control.
+    """
     bench = lambda job: f"results/benchmarks/{job}/ranks{n}_seed{s}.tsv"
     train, vote = bench("train_mpi"), bench("ensemble")
     out = [(f"results/ensemble_majority/ranks{n}/seed{s}/result.json", [train, vote])]
     if n not in CONTROL_RANKS:
         return out
     derived = [(v, bench("vote_variants")) for v in VOTE_VARIANTS]
-    derived += [(w, bench("weight_average")) for w in WEIGHT_AVERAGES]
-    derived += [("single_shard", bench("single_shard"))] if n in SHARD_RANKS else []
+    if n in SHARD_RANKS:  # at N = 1 each would be the one member again
+        derived += [(w, bench("weight_average")) for w in WEIGHT_AVERAGES]
+        derived.append(("single_shard", bench("single_shard")))
     return out + [
         (f"results/{method}/ranks{n}/seed{s}/result.json", [train, vote, own])
         for method, own in derived

@@ -101,7 +101,8 @@ rule figures:
 
 
 rule tables:
-    """The summary and the provenance as HTML pages for the Snakemake report."""
+    """The summary, the provenance and every method's runs (a report subcategory each) as HTML pages for the
+    Snakemake report."""
     input:
         summary="results/summary.csv",
         stats="results/summary_stats.csv",
@@ -117,37 +118,27 @@ rule tables:
             caption="../report/provenance.rst",
             category="Provenance",
         ),
+        methods=[
+            report(
+                f"results/tables/methods/{method}.html",
+                caption="../report/method_table.rst",
+                category="Methods",
+                subcategory=method,
+            )
+            for method in METHODS
+        ],
     log:
         "logs/tables.log",
     conda:
         "../../envs/summarize.yaml"
+    params:
+        methods=" ".join(METHODS),
     shell:
         "python -m mpi_ensemble tables --summary {input.summary} --stats {input.stats} "
         "--differences {input.differences} --comparison {input.comparison} "
         "--provenance {input.provenance} --summary-html {output.summary_html} "
-        "--provenance-html {output.provenance_html} > {log} 2>&1"
-
-
-rule method_table:
-    """Every run of one method (all ranks and seeds) as a table, so the report has a category per method."""
-    input:
-        summary="results/summary.csv",
-    output:
-        report(
-            "results/tables/methods/{method}.html",
-            caption="../report/method_table.rst",
-            category="Methods",
-            subcategory="{method}",
-        ),
-    log:
-        "logs/method_table/{method}.log",
-    wildcard_constraints:
-        method="|".join(METHODS),
-    conda:
-        "../../envs/summarize.yaml"
-    shell:
-        "python -m mpi_ensemble method_table --summary {input.summary} --method {wildcards.method} "
-        "--out {output} > {log} 2>&1"
+        "--provenance-html {output.provenance_html} --methods {params.methods} "
+        "--method-pages {output.methods} > {log} 2>&1"
 
 
 rule audit:
@@ -157,7 +148,6 @@ rule audit:
     input:
         results=[result for result, _ in RESULTS],
         tables=rules.tables.output,
-        methods=expand("results/tables/methods/{method}.html", method=METHODS),
         figures=rules.figures.output,
         models=saved_models(),
     output:
