@@ -82,7 +82,7 @@ class Folder:
         if test_x is None:
             raise FileNotFoundError(f"{self.root}/data/<dataset>/test_x.npy: no test set to rescore the models on")
         self.test_x, self.test_y = np.load(test_x), np.load(test_x.with_name("test_y.npy"))
-        self._models = {}
+        self._models, self._networks = {}, {}
 
     def record_paths(self, path, result):
         """The rank records of a result's members (none for the sequential run: its record is its result)."""
@@ -115,11 +115,36 @@ class Folder:
         return [bench / job / f"ranks{n}_seed{seed}.tsv" for job in ["train_mpi", *FOLLOWING_JOBS[method]]]
 
     def model(self, path):
-        """(test-set softmax, weights) of a saved model, each model loaded once."""
+        """(test-set softmax, weights) of a saved model, each model read once. Models of one architecture share
+        one network (and its traced forward pass); only their weights are loaded into it."""
         if path not in self._models:
-            net = self.keras.models.load_model(path)
-            self._models[path] = (net.predict(self.test_x, batch_size=1024, verbose=0), net.get_weights())
+            net, forward = self.network(path)
+            net.load_weights(path)
+            self._models[path] = (np.asarray(forward(self.test_x)), net.get_weights())
         return self._models[path]
+
+    def network(self, path):
+        """The network and compiled forward pass for a saved model's architecture (its archive's config.json)."""
+        import zipfile
+
+        import tensorflow as tf
+
+        with zipfile.ZipFile(path) as archive:
+            config = architecture(json.loads(archive.read("config.json")))
+        if config not in self._networks:
+            net = self.keras.models.load_model(path, compile=False)
+            self._networks[config] = (net, tf.function(lambda x: net(x, training=False)))
+        return self._networks[config]
+
+
+def architecture(config):
+    """A model's config without what differs between two saves of the same architecture (object ids)."""
+    if isinstance(config, dict):
+        return json.dumps({k: json.loads(architecture(v)) for k, v in config.items() if k != "shared_object_id"},
+                          sort_keys=True)
+    if isinstance(config, list):
+        return json.dumps([json.loads(architecture(v)) for v in config])
+    return json.dumps(config)
 
 
 def weights_sha256(weights):

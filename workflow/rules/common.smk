@@ -116,6 +116,8 @@ CORES = runtime.job_cores(workflow.resource_settings.cores)
 # The methods beyond the paper run at the world sizes that fit the cores (their timings mean something there)
 # unless control_ranks is "all"; N = 1 has no single-shard control (it would be the 1-rank ensemble again).
 CONTROL_RANKS = [n for n in RANKS if config["control_ranks"] == "all" or n <= CORES]
+# Those that need two members or ranks: one-shot averages, the single-shard control, and the methods whose ranks
+# talk while they train (data-parallel at N = 1 would be the sequential run with a hand-written loop).
 SHARD_RANKS = [n for n in CONTROL_RANKS if n > 1]
 # Local SGD's averaging periods (local steps between two averagings, or "epoch"), run where the shard controls run.
 PERIODS = [str(k) for k in config["local_sgd_periods"]]
@@ -368,7 +370,7 @@ def together_folder(method, n, s, period=None):
 
 def together_runs():
     """(method, N, seed, period) of every job whose N ranks train one model."""
-    runs = [("data_parallel", n, s, None) for s in SEEDS for n in CONTROL_RANKS]
+    runs = [("data_parallel", n, s, None) for s in SEEDS for n in SHARD_RANKS]
     runs += [("weight_average_shared_start", n, s, None) for s in SEEDS for n in SHARD_RANKS]
     return runs + [("local_sgd", n, s, k) for s in SEEDS for n in SHARD_RANKS for k in PERIODS]
 

@@ -80,7 +80,7 @@ for n in RANKS:
 # One model trained by all N ranks together (one rule per N, as above): synchronous data-parallel training
 # (gradients allreduced every step), local SGD (weights averaged every `period` local steps) and one-shot averaging
 # from a shared start (weights averaged once, at the end).
-for n in CONTROL_RANKS:
+for n in SHARD_RANKS:
 
     rule:
         name:
