@@ -39,9 +39,9 @@ CONFIG = ["max_train_images=2000", "max_test_images=500", "epochs=1", "ranks=[2,
 TRAINING = [f"train_mpi_ranks{n}" for n in RANKS] + [f"train_data_parallel_ranks{n}" for n in RANKS]
 # MPI fixes no order in which MPI_Allreduce adds the ranks' gradients, and an MPI may pick another algorithm when
 # the ranks sit on other hosts; a changed last bit in a sum grows through the steps of Adam. Measured on one machine
-# (3 ranks, this subset, 1 epoch): MPICH's ring allreduce instead of its default moves weights by up to 4.7e-3
-# (largest weight 0.3; accuracy 0.638 against 0.642). 1e-2 allows that twice over and still fails a model
-# trained on other data or from another start (seed 1 against seed 0: 0.56).
+# (3 ranks, this subset, 1 epoch): MPICH's ring allreduce instead of its default moves weights by a few 1e-3
+# (the largest weight is about 0.3) and the accuracy in its third digit. 1e-2 allows that about twice over and
+# still fails a model trained on other data or from another start (seed 1 against seed 0 differ by about 0.5).
 DATA_PARALLEL_ATOL = 1e-2
 MPI4PY = next(line.split("==")[1].strip() for line in (ROOT / "envs/requirements.txt").read_text().splitlines()
               if line.startswith("mpi4py=="))
