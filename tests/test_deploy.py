@@ -18,7 +18,7 @@ from conftest import BIN, ROOT, project_copy, snakemake
 import mpi_ensemble
 
 TINY = {"max_train_images": 2000, "max_test_images": 500, "epochs": 1, "ranks": [2], "seeds": [0],
-        "baseline_threads": [1], "local_sgd_periods": []}
+        "baseline_threads": [1], "control_ranks": "none"}
 # conda-forge's names for what pip calls otherwise (same library, same version)
 CONDA_TO_PIP = {"matplotlib-base": "matplotlib"}
 

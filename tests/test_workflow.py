@@ -351,7 +351,7 @@ def test_every_method_runs_for_every_seed(tmp_path):
     assert counts["vote_variants"] == 6 and counts["ensemble"] == 6 and counts["train_local_sgd_ranks2"] == 6
 
 
-def test_controls_run_where_the_ranks_fit_unless_asked_for_every_rank(tmp_path):
+def test_controls_run_where_the_ranks_fit_unless_asked_for_every_rank_or_none(tmp_path):
     work = project_copy(tmp_path)
     default = job_counts(snakemake(work, "-n", "--config", "ranks=[1,2,3,4]").stdout)
     assert {r for r in default if r.startswith("train_mpi_ranks")} == {f"train_mpi_ranks{n}" for n in (1, 2, 3, 4)}
@@ -360,6 +360,10 @@ def test_controls_run_where_the_ranks_fit_unless_asked_for_every_rank(tmp_path):
     assert default["ensemble"] == 4 and default["vote_variants"] == 2 and default["single_shard"] == 1
     every = job_counts(snakemake(work, "-n", "--config", "ranks=[1,2,3,4]", "control_ranks=all").stdout)
     assert every["train_data_parallel_ranks4"] == 1 and every["vote_variants"] == 4 and every["single_shard"] == 3
+    paper = job_counts(snakemake(work, "-n", "--config", "ranks=[1,2,3,4]", "control_ranks=none").stdout)
+    assert {r for r in paper if r.startswith("train_")} == {"train_sequential"} | {
+        f"train_mpi_ranks{n}" for n in (1, 2, 3, 4)}
+    assert paper["ensemble"] == 4 and not {"vote_variants", "single_shard", "weight_average"} & set(paper)
 
 
 @pytest.mark.parametrize(

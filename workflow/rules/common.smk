@@ -114,8 +114,12 @@ BASELINE_THREADS = [str(t) for t in config["baseline_threads"]]
 # SLURM job what it was allocated on its node; submitting to SLURM without --cores, this machine's.
 CORES = runtime.job_cores(workflow.resource_settings.cores)
 # The methods beyond the paper run at the world sizes that fit the cores (their timings mean something there)
-# unless control_ranks is "all"; N = 1 has no single-shard control (it would be the 1-rank ensemble again).
-CONTROL_RANKS = [n for n in RANKS if config["control_ranks"] == "all" or n <= CORES]
+# unless control_ranks is "all" (every N) or "none" (the paper's rows alone).
+CONTROL_RANKS = {
+    "all": RANKS,
+    "cores": [n for n in RANKS if n <= CORES],
+    "none": [],
+}[config["control_ranks"]]
 # Those that need two members or ranks: one-shot averages, the single-shard control, and the methods whose ranks
 # talk while they train (data-parallel at N = 1 would be the sequential run with a hand-written loop).
 SHARD_RANKS = [n for n in CONTROL_RANKS if n > 1]
