@@ -1,4 +1,5 @@
 import gzip
+import json
 import os
 import shutil
 import subprocess
@@ -63,6 +64,21 @@ def resume_point(folder):
     from mpi_ensemble import checkpoint
 
     return max(checkpoint.Store(folder).saved_epochs(), default=0)
+
+
+# A 2-rank ensemble job of 5 short epochs: what the resume tests cut, locally and under SLURM.
+RESUME = ["max_train_images=600", "max_test_images=100", "epochs=5", "batch_size=32", "ranks=[2]", "seeds=[0]",
+          "baseline_threads=[1]"]
+ENSEMBLE_RECORDS = [f"results/models/ranks2/seed0/rank{r}.json" for r in range(2)]
+
+
+@pytest.fixture(scope="session")
+def uncut_ensemble(tmp_path_factory):
+    """That job run once, uncut: its folder (the local resume test goes on in it) and its ranks' weight hashes,
+    which every resumed run must end with."""
+    work = project_copy(tmp_path_factory.mktemp("uncut"))
+    snakemake(work, "--config", *RESUME, "--", *ENSEMBLE_RECORDS)
+    return work, [json.loads((work / p).read_text())["weights_sha256"] for p in ENSEMBLE_RECORDS]
 
 
 SMOKE = ["max_train_images=6000", "max_test_images=1000", "epochs=1", "ranks=[1,2]", "seeds=[0]"]

@@ -26,7 +26,7 @@ import numpy as np
 import pytest
 
 import faults
-from conftest import BIN, BUNDLED, ROOT, hooked, project_copy, resume_point, snakemake
+from conftest import BIN, BUNDLED, ENSEMBLE_RECORDS, RESUME, ROOT, hooked, project_copy, resume_point, snakemake
 from mpi_ensemble import data
 
 pytestmark = pytest.mark.workflow
@@ -604,9 +604,6 @@ def test_data_parallel_catches_a_diverging_rank(tmp_path):
 
 # ------------------------------------------------- killed mid-training, rerun: resumed, bitwise the same model
 
-RESUME = ["max_train_images=600", "max_test_images=100", "epochs=5", "batch_size=32", "ranks=[2]", "seeds=[0]",
-          "baseline_threads=[1]"]
-ENSEMBLE_RECORDS = [f"results/models/ranks2/seed0/rank{r}.json" for r in range(2)]
 
 
 def hold_env(hold, rank, epoch):
@@ -626,13 +623,12 @@ def weight_hashes(paths):
     return [r["weights_sha256"] if "weights_sha256" in r else r["rank_timing"][0]["weights_sha256"] for r in records]
 
 
-def test_ensemble_rank_killed_in_epoch_3_resumes_to_the_same_weights(tmp_path):
+def test_ensemble_rank_killed_in_epoch_3_resumes_to_the_same_weights(uncut_ensemble, tmp_path):
     """Rank 1 of a 2-rank ensemble job, run by Snakemake, is SIGKILLed as its epoch 3 of 5 starts. Snakemake fails
     the job and deletes its outputs; the checkpoints (outside them) stay. The rerun resumes each rank after its last
     saved epoch, and both models are bitwise those of an uninterrupted run."""
-    work = project_copy(tmp_path / "work")
-    snakemake(work, "--config", *RESUME, "--", *ENSEMBLE_RECORDS)
-    reference = weight_hashes(work / p for p in ENSEMBLE_RECORDS)
+    work, reference = uncut_ensemble
+    assert weight_hashes(work / p for p in ENSEMBLE_RECORDS) == reference
     assert not (work / "results" / "checkpoints").exists()  # the successful job removed its checkpoints
     log = work / "logs" / "train_mpi" / "ranks2" / "seed0.log"
     assert "ensemble_member rank 1/2 epoch 5/5: loss " in log.read_text()

@@ -32,11 +32,13 @@ from test_cluster import PROFILE, submitted_rules
 pytestmark = pytest.mark.workflow
 
 RANKS = (2, 3)
+# Data-parallel training across nodes at N = 3 only: at N = 2 it would be the same code over one link fewer.
+DATA_PARALLEL_RANKS = (3,)
 # One rank per node (ranks_per_node=1); the data-parallel rules at every world size (control_ranks=all), since
 # here the machine that submits has fewer cores than the largest job holds.
 CONFIG = ["max_train_images=2000", "max_test_images=500", "epochs=1", "ranks=[2,3]", "seeds=[0]",
           "control_ranks=all", "ranks_per_node=1"]
-TRAINING = [f"train_mpi_ranks{n}" for n in RANKS] + [f"train_data_parallel_ranks{n}" for n in RANKS]
+TRAINING = [f"train_mpi_ranks{n}" for n in RANKS] + [f"train_data_parallel_ranks{n}" for n in DATA_PARALLEL_RANKS]
 # MPI fixes no order in which MPI_Allreduce adds the ranks' gradients, and an MPI may pick another algorithm when
 # the ranks sit on other hosts; a changed last bit in a sum grows through the steps of Adam. Measured on one machine
 # (3 ranks, this subset, 1 epoch): MPICH's ring allreduce instead of its default moves weights by a few 1e-3
@@ -51,7 +53,7 @@ def outputs(n):
     models = [f"results/models/ranks{n}/seed0/rank{r}.{ext}" for r in range(n) for ext in ("keras", "json")]
     data_parallel = [f"results/data_parallel/ranks{n}/seed0/{name}" for name in
                      ("model.keras", "result.json", *[f"rank{r}.json" for r in range(n)])]
-    return models + data_parallel
+    return models + (data_parallel if n in DATA_PARALLEL_RANKS else [])
 
 
 TARGETS = [path for n in RANKS for path in outputs(n)]
@@ -172,7 +174,7 @@ def test_ensemble_ranks_one_per_node_equal_the_single_machine_run(nodes_run, nod
             work / f"reference/models/ranks{n}/seed0/rank{r}.keras"), f"rank {r} of {n}"
 
 
-@pytest.mark.parametrize("n", RANKS)
+@pytest.mark.parametrize("n", DATA_PARALLEL_RANKS)
 def test_data_parallel_across_nodes_matches_the_single_machine_run(nodes_run, nodes, n):
     work, jobs = nodes_run
     [job_id] = jobs[f"train_data_parallel_ranks{n}"]

@@ -15,16 +15,14 @@ from pathlib import Path
 
 import faults
 import pytest
-from conftest import BIN, ROOT, hooked, project_copy, resume_point, snakemake
+from conftest import BIN, ENSEMBLE_RECORDS, RESUME, ROOT, hooked, project_copy, resume_point
 from test_cluster import PROFILE, cluster, cluster_available  # noqa: F401  (the cluster fixtures, as they are)
 from test_faults import wait_for
 
 
 pytestmark = pytest.mark.workflow
 
-CONFIG = ["max_train_images=600", "max_test_images=100", "epochs=5", "batch_size=32", "ranks=[2]", "seeds=[0]",
-          "baseline_threads=[1]"]
-RECORDS = [f"results/models/ranks2/seed0/rank{r}.json" for r in range(2)]
+CONFIG, RECORDS = RESUME, ENSEMBLE_RECORDS
 CHECKPOINTS = Path("results/checkpoints/models/ranks2/seed0")
 
 
@@ -49,10 +47,8 @@ def test_slurm_profile_requeues_preempted_and_resubmits_failed_jobs():
     assert profile["slurm-requeue"] is True and profile["retries"] >= 1
 
 
-def test_requeued_training_job_resumes_to_the_weights_of_an_uncut_one(cluster, tmp_path):
-    reference = project_copy(tmp_path / "uncut")
-    snakemake(reference, "--config", *CONFIG, "--", *RECORDS)  # the same job, never cut (locally, 1 thread/rank)
-    uncut = [json.loads((reference / p).read_text())["weights_sha256"] for p in RECORDS]
+def test_requeued_training_job_resumes_to_the_weights_of_an_uncut_one(cluster, uncut_ensemble, tmp_path):
+    _, uncut = uncut_ensemble  # the same job, never cut (locally, 1 thread per rank)
 
     work = project_copy(tmp_path / "work")
     hold = tmp_path / "hold"
