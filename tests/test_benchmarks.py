@@ -9,11 +9,23 @@ import pytest
 from conftest import ROOT
 
 
-def load_script():
-    spec = importlib.util.spec_from_file_location("scaling_bench", ROOT / "benchmarks" / "scaling.py")
+def load_script(name="scaling"):
+    spec = importlib.util.spec_from_file_location(f"{name}_bench", ROOT / "benchmarks" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def test_run_comparison_lists_each_changed_cell_and_nothing_else():
+    import pandas as pd
+
+    compare = load_script("compare_runs")
+    key = {"method": ["sequential", "ensemble_majority"], "ranks": [1, 2], "threads": ["all", "1"], "seed": [0, 0]}
+    before = pd.DataFrame({**key, "accuracy": [0.98, 0.97], "fit_seconds_mean": [80.0, 40.0]})
+    after = pd.DataFrame({**key, "accuracy": [0.98, 0.975], "fit_seconds_mean": [80.0 + 1e-12, 39.0]})
+    changed = compare.changed_cells(before, after)
+    assert changed[["method", "column", "before", "after"]].values.tolist() == [
+        ["ensemble_majority", "accuracy", 0.97, 0.975], ["ensemble_majority", "fit_seconds_mean", 40.0, 39.0]]
 
 
 def run(impl, ranks, precision, fit_s, job_s, img, rss=700.0, accuracy=None):
