@@ -179,3 +179,23 @@ def test_result_record_is_the_same_for_every_method():
     keys = set(records.result_record("single_shard", members[:1], {"accuracy": 0.5}))
     assert keys >= {"method", "ranks", "seed", "threads", "precision", "epochs", "cores_used", "oversubscribed",
                     "metrics", "ties", "member_accuracy", "rank_timing", "host", "isa_flags", "versions"}
+
+
+def test_one_shot_average_weighs_each_member_by_its_normalised_accuracy():
+    first = [np.full((2, 3), 1.0, np.float32), np.array([0.0, 4.0], np.float32)]
+    second = [np.full((2, 3), 3.0, np.float32), np.array([2.0, 0.0], np.float32)]
+    equal = combine.average_weights([first, second], [0.9, 0.9])
+    np.testing.assert_array_equal(equal[0], np.full((2, 3), 2.0))
+    np.testing.assert_array_equal(equal[1], [1.0, 2.0])
+    # accuracies 0.96 and 0.64 weigh 0.6 and 0.4, whatever their scale
+    for scale in (1.0, 100.0):
+        average = combine.average_weights([first, second], [0.96 * scale, 0.64 * scale])
+        np.testing.assert_allclose(average[0], np.full((2, 3), 0.6 * 1 + 0.4 * 3), rtol=1e-6)
+        np.testing.assert_allclose(average[1], [0.4 * 2, 0.6 * 4], rtol=1e-6)
+        assert [a.dtype for a in average] == [np.float32, np.float32] and average[0].shape == (2, 3)
+
+
+def test_weighting_by_validation_names_a_member_without_a_validation_part():
+    assert combine.validation_accuracy({"rank": 0, "history": {"val_accuracy": [0.5, 0.75]}}) == 0.75
+    with pytest.raises(ValueError, match="rank 1's record has no validation accuracy.*set validation_split above 0"):
+        combine.validation_accuracy({"rank": 1, "history": {"accuracy": [0.5]}})
