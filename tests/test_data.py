@@ -199,3 +199,14 @@ def test_fashion_mnist_debian_copy_verifies_and_altered_copy_fails(tmp_path):
     altered[-1] = (altered[-1] + 1) % 10
     with pytest.raises(data.ChecksumError, match="checksum mismatch"):
         data.verify(write_gz(tmp_path / name, bytes(altered)), expected)
+
+
+def test_shard_check_counts_the_datasets_own_training_images(monkeypatch):
+    """The shard check gets the dataset's own count (a dataset of 1,000 images cannot feed 500 ranks after the
+    validation cut), or max_train_images where that is fewer."""
+    monkeypatch.setitem(data.DATASETS, "tiny", {**data.DATASETS["mnist"], "train_images": 1000})
+    assert data.train_count("tiny") == 1000 and data.train_count("tiny", 400) == 400
+    assert data.train_count("tiny", 5000) == 1000 and data.train_count("mnist") == 60000
+    data.check_shards([500], data.train_count("mnist"), 0.6)
+    with pytest.raises(ValueError, match="ranks 500"):
+        data.check_shards([500], data.train_count("tiny"), 0.6)
