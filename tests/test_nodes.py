@@ -106,8 +106,11 @@ def test_stop_removes_every_namespace_link_and_process_it_made(tmp_path):
         assert job.returncode == 0, job.stderr
         cluster.wait_for(lambda: cluster.run_client("squeue", "-h", "-t", "R").stdout.strip(), "job running", 60)
         made = [cluster.network.netns_path(k) for k in (1, 2)]
-        pids = [pid for k in (1, 2) for pid in cluster.network.pids(k)]
-        assert len(pids) >= 4  # per node at least slurmd, a step daemon and sleep
+        # A job is RUNNING before its step has started on both nodes: wait until each node holds its slurmd, the
+        # step daemon and the step's `sleep`.
+        node_pids = lambda: [cluster.network.pids(k) for k in (1, 2)]
+        cluster.wait_for(lambda: all(len(p) >= 3 for p in node_pids()), "the step on both nodes", 60)
+        pids = [pid for pids in node_pids() for pid in pids]
     for pid in pids:
         assert not os.path.exists(f"/proc/{pid}") or "zombie" in open(f"/proc/{pid}/status").read().lower(), pid
     assert not any(path.exists() for path in made)
