@@ -16,6 +16,7 @@ One line per disagreement: the file, the row, the column, the value found and th
 import json
 import math
 import statistics
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -125,8 +126,6 @@ class Folder:
 
     def network(self, path):
         """The network and compiled forward pass for a saved model's architecture (its archive's config.json)."""
-        import zipfile
-
         import tensorflow as tf
 
         with zipfile.ZipFile(path) as archive:
@@ -138,13 +137,16 @@ class Folder:
 
 
 def architecture(config):
-    """A model's config without what differs between two saves of the same architecture (object ids)."""
-    if isinstance(config, dict):
-        return json.dumps({k: json.loads(architecture(v)) for k, v in config.items() if k != "shared_object_id"},
-                          sort_keys=True)
-    if isinstance(config, list):
-        return json.dumps([json.loads(architecture(v)) for v in config])
-    return json.dumps(config)
+    """A model's config as a key, without what differs between two saves of the same architecture (object ids)."""
+    return json.dumps(without_object_ids(config), sort_keys=True)
+
+
+def without_object_ids(value):
+    if isinstance(value, dict):
+        return {k: without_object_ids(v) for k, v in value.items() if k != "shared_object_id"}
+    if isinstance(value, list):
+        return [without_object_ids(v) for v in value]
+    return value
 
 
 def weights_sha256(weights):
