@@ -23,7 +23,7 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 # The Allreduce model itself is the workflow's (its cost figure draws the same times): one implementation.
-from mpi_ensemble.allreduce import ALGORITHMS, allreduce_seconds, mpich_algorithm, pof2, terms  # noqa: E402,F401
+from mpi_ensemble.network import ALGORITHMS, allreduce_seconds, bytes_sent, mpich_algorithm, pof2, terms  # noqa: E402,F401
 
 PARAMETERS = 93_322
 MODEL_BYTES = 4 * PARAMETERS  # local SGD and one-shot averaging: the float32 weights
@@ -32,23 +32,6 @@ TRAIN_IMAGES = 48_000  # 60,000 minus Keras' validation_split of 0.2
 BATCH = 64
 # local_sgd's averaging intervals projected: every step, every 16 steps, once per epoch.
 LOCAL_SGD_K = (1, 16, "epoch")
-
-
-def bytes_sent(algorithm, n, nbytes):
-    """Payload bytes each rank sends in one Allreduce, averaged over the n ranks (what the links carry, before
-    TCP/IP headers). The ranks that fold in a non-power-of-two world send m once; their partners also send the
-    result back."""
-    if n <= 1:
-        return 0.0
-    if algorithm == "ring":
-        return 2 * (n - 1) / n * nbytes
-    if algorithm not in ALGORITHMS:
-        raise ValueError(f"unknown Allreduce algorithm {algorithm!r}; use one of {ALGORITHMS}")
-    p = pof2(n)
-    rem = n - p
-    levels = int(math.log2(p))
-    core = levels * nbytes if algorithm == "recursive_doubling" else 2 * (p - 1) / p * nbytes
-    return (p * core + 2 * rem * nbytes) / n
 
 
 # --- the fit ---------------------------------------------------------------------------------------------------

@@ -132,13 +132,13 @@ def local_step(keras, net, x, y, batch):
 
 
 def averaging_copies(keras, net, x, y, batch):
-    """Local SGD's weight averaging on one rank (allreduce.WeightAveraging over MPI.COMM_SELF): the weights out of
+    """Local SGD's weight averaging on one rank (local_sgd.WeightAveraging over MPI.COMM_SELF): the weights out of
     Keras, flattened, allreduced (a copy here), divided and set back: what an averaging costs beyond the network."""
     from mpi4py import MPI
 
-    from mpi_ensemble import allreduce
+    from mpi_ensemble import local_sgd
 
-    averaging = allreduce.WeightAveraging(MPI.COMM_SELF, None, 0, None)
+    averaging = local_sgd.WeightAveraging(MPI.COMM_SELF, None, 0, None)
     for _ in range(4):
         averaging.average(net)
     wall, cpu = time.perf_counter(), records.cpu_seconds()
@@ -148,14 +148,14 @@ def averaging_copies(keras, net, x, y, batch):
 
 
 def data_parallel_step(keras, net, x, y):
-    """The data-parallel loop's step on one rank (allreduce.DataParallelEpochs over MPI.COMM_SELF: the Allreduce
+    """The data-parallel loop's step on one rank (data_parallel.DataParallelEpochs over MPI.COMM_SELF: the Allreduce
     is a copy), its slice of a global batch of 64."""
     from mpi4py import MPI
 
-    from mpi_ensemble import allreduce
+    from mpi_ensemble import data_parallel
 
     settings = {"batch_size": cost_model.BATCH, "validation_split": 0.0}
-    trainer = allreduce.DataParallelEpochs(keras, net, MPI.COMM_SELF, x, y, settings, 0)
+    trainer = data_parallel.DataParallelEpochs(keras, net, MPI.COMM_SELF, x, y, settings, 0)
 
     def timer(keras, net, x, y, batch):
         for i in range(4):

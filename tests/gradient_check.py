@@ -16,7 +16,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from mpi_ensemble import allreduce, runtime, training  # noqa: E402
+from mpi_ensemble import collective, data_parallel, runtime, training  # noqa: E402
 
 
 def main():
@@ -34,15 +34,15 @@ def main():
     y = rng.integers(0, 10, 64).astype(np.int64)
     settings = {"epochs": 1, "batch_size": 64, "validation_split": 0.0, "precision": "float32"}
     net = training.initial_model(keras, 0, 0, x.shape[1:], settings)
-    trainer = allreduce.DataParallelEpochs(keras, net, comm, x, y, settings, seed=0)
-    allreduce.broadcast_weights(comm, net)
-    part = allreduce.local_part(np.arange(64), size, rank)
+    trainer = data_parallel.DataParallelEpochs(keras, net, comm, x, y, settings, seed=0)
+    collective.broadcast_weights(comm, net)
+    part = data_parallel.local_part(np.arange(64), size, rank)
     count = len(part) if args.local_scale else 64
     reduced = trainer.global_gradient(x[part], y[part], count)[:-2]
     same_everywhere = len(set(comm.allgather(training.weights_sha256([reduced])))) == 1
     if rank == 0:
         _, _, grads = trainer._gradients(x, y, np.float32(1 / 64))
-        single = allreduce.flatten([g.numpy() for g in grads])
+        single = collective.flatten([g.numpy() for g in grads])
         Path(args.out).write_text(json.dumps({
             "max_abs_difference": float(np.abs(reduced - single).max()),
             "max_abs_gradient": float(np.abs(single).max()),

@@ -3,7 +3,7 @@ averaging after every step, against one process that, at every step, averages th
 batches and takes that step. The two are the same computation up to float32 summation order.
 
 Each rank trains its shard of a small random set through the product's own epoch loop (training.run_epochs with
-training.KerasEpochs and allreduce.WeightAveraging); rank 0 then computes the reference and writes OUT (JSON): the
+training.KerasEpochs and local_sgd.WeightAveraging); rank 0 then computes the reference and writes OUT (JSON): the
 largest absolute weight difference and the largest weight, for averaging every step (k = 1) and, as the control
 that the comparison can fail, every 2 steps.
 """
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mpi_ensemble import allreduce, data, runtime, training
+from mpi_ensemble import data, local_sgd, runtime, training
 
 LEARNING_RATE = 0.05
 SETTINGS = {"epochs": 2, "batch_size": 8, "validation_split": 0.0, "precision": "float32", "steps_per_execution": 1}
@@ -27,9 +27,9 @@ def sgd_model(keras):
 
 def local_sgd(keras, comm, x, y, every):
     net = sgd_model(keras)
-    common = allreduce.common_steps(len(x), comm.Get_size(), SETTINGS)
+    common = local_sgd.common_steps(len(x), comm.Get_size(), SETTINGS)
     start, stop = data.shard_range(len(x), comm.Get_size(), comm.Get_rank())
-    averaging = allreduce.WeightAveraging(comm, every, common, every)
+    averaging = local_sgd.WeightAveraging(comm, every, common, every)
     step = training.KerasEpochs(keras, net, x[start:stop], y[start:stop], SETTINGS, 0, comm.Get_rank(), averaging)
     training.run_epochs(step, SETTINGS, label=f"local_sgd k={every}", rank=comm.Get_rank())
     return net.get_weights()

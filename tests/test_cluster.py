@@ -24,7 +24,7 @@ SMALL = ["max_train_images=4000", "max_test_images=500", "epochs=1", "ranks=[1,2
          "baseline_threads=[1]"]
 # The test cluster has no accounts and no accounting (so no sacct); poll early, its jobs are short.
 PROFILE = [
-    "--workflow-profile", "workflow/profiles/slurm", "--slurm-no-account", "--slurm-status-command", "squeue",
+    "--workflow-profile", "profiles/slurm", "--slurm-no-account", "--slurm-status-command", "squeue",
     "--slurm-init-seconds-before-status-checks", "5",
 ]
 
@@ -87,7 +87,7 @@ def test_slurm_profile_sets_launcher_and_placement_once():
     user's --configfile would replace); no per-rule entries."""
     import yaml
 
-    profile = yaml.safe_load((ROOT / "workflow/profiles/slurm/config.yaml").read_text())
+    profile = yaml.safe_load((ROOT / "profiles/slurm/config.yaml").read_text())
     assert profile["executor"] == "slurm" and profile["default-resources"]["runtime"] > 0
     assert "set-resources" not in profile and "configfile" not in profile and "config" not in profile
     assert profile["default-resources"]["mpi_launcher"] == "'srun --mpi=pmi2'"

@@ -1,6 +1,8 @@
 """The combine stage: the paper's majority vote, the other vote rules, the single-shard control, the metrics."""
 
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -150,15 +152,31 @@ def test_vote_variants_score_and_share_the_members_timing(saved_members):
 
 
 def test_single_shard_is_rank0_alone(saved_members):
+    """Member 0's saved model, scored on the test set in the single-shard job itself."""
+    import keras
+
+    from mpi_ensemble import model, training
+
     folder, paths = saved_members
+    rng = np.random.default_rng(0)
+    np.save(folder / "test_x.npy", rng.random((3, 28, 28, 1), dtype=np.float32))
+    net = model.build_model(keras)
+    training.save_model(net, folder / "rank0.keras")
+    predicted = training.predict(net, np.load(folder / "test_x.npy")).argmax(axis=1)
     out = folder / "single.json"
-    combine.single_shard(folder / "probabilities.npy", paths[0], folder / "test_y.npy", out)
+
+    def rule(record):  # the rule's command, in a process of its own as the workflow runs it
+        return subprocess.run([sys.executable, "-m", "mpi_ensemble", "single_shard", "--model", folder / "rank0.keras",
+                               "--rank0-record", record, "--test-x", folder / "test_x.npy", "--test-y",
+                               folder / "test_y.npy", "--result", out], capture_output=True, text=True, timeout=300)
+
+    assert rule(paths[0]).returncode == 0
     result = json.loads(out.read_text())
-    assert result["metrics"]["accuracy"] == pytest.approx(2 / 3)  # rank 0 predicts [2, 2, 1]; rank 1 is ignored
+    assert result["metrics"]["accuracy"] == pytest.approx(np.mean(predicted == [0, 2, 1]))
     assert result["ranks"] == 2 and [t["rank"] for t in result["rank_timing"]] == [0]
     assert result["cores_used"] == 1 and result["precision"] == "float32" and result["shard"] == [0, 5]
-    with pytest.raises(ValueError, match="rank 0"):
-        combine.single_shard(folder / "probabilities.npy", paths[1], folder / "test_y.npy", out)
+    refused = rule(paths[1])
+    assert refused.returncode == 1 and "single_shard needs rank 0's record, got rank 1" in refused.stderr
 
 
 def test_members_must_be_complete_and_probabilities_must_fit(saved_members):

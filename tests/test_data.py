@@ -143,11 +143,12 @@ def test_failed_download_leaves_nothing(mirror, tmp_path):
 
 def test_data_source_prefers_data_dir_then_bundled_then_download(tmp_path):
     names = data.file_names("mnist")
-    assert data.data_source(None, BUNDLED, names) == str(BUNDLED)
-    assert data.data_source(str(BUNDLED), tmp_path, names) == str(BUNDLED)
-    assert data.data_source(None, tmp_path, names) is None  # nothing bundled: download
+    bundled = [str(BUNDLED / name) for name in names]
+    assert data.data_source(None, bundled, names) == str(BUNDLED)
+    assert data.data_source(str(BUNDLED), [None] * 4, names) == str(BUNDLED)
+    assert data.data_source(None, [*bundled[:3], None], names) is None  # a file not bundled: download
     with pytest.raises(data.DataSourceError, match="lacks 4 file"):
-        data.data_source(str(tmp_path), BUNDLED, names)  # a data_dir never falls back
+        data.data_source(str(tmp_path), bundled, names)  # a data_dir never falls back
 
 
 def test_shards_left_empty_after_the_validation_cut_are_refused():

@@ -43,7 +43,7 @@ def job_field(cluster, job_id, field):
 def test_slurm_profile_requeues_preempted_and_resubmits_failed_jobs():
     import yaml
 
-    profile = yaml.safe_load((ROOT / "workflow/profiles/slurm/config.yaml").read_text())
+    profile = yaml.safe_load((ROOT / "profiles/slurm/config.yaml").read_text())
     assert profile["slurm-requeue"] is True and profile["retries"] >= 1
 
 

@@ -2,13 +2,14 @@
 paper comparison and the figures."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
 from conftest import ROOT
-from mpi_ensemble import model, plots, summarize
+from mpi_ensemble import methods, model, plots, summarize
 
 PAPER = ROOT / "paper" / "reported_results.csv"
 
@@ -46,23 +47,26 @@ def table(tmp_path):
         (result("ensemble_majority", 1, 2, [28.0]), [bench(tmp_path, "t1", 32, 900), bench(tmp_path, "v1", 4)]),
         (result("ensemble_majority", 2, 1, [18.0, 22.0], rss=(700.0, 750.0)),
          [bench(tmp_path, "t2", 25, 1400), bench(tmp_path, "v2", 5)]),
-        (result("single_shard", 2, 1, [18.0]),
-         [bench(tmp_path, "t2", 25, 1400), bench(tmp_path, "v2", 5), bench(tmp_path, "ss2", 1)]),
+        (result("single_shard", 2, 1, [18.0]), [bench(tmp_path, "t2", 25, 1400), bench(tmp_path, "ss2", 1)]),
         (result("ensemble_majority", 8, 1, [40.0] * 8), [bench(tmp_path, "t8", 50), bench(tmp_path, "v8", 9)]),
         (result("data_parallel", 2, 1, [30.0, 30.0], precision="mixed_bfloat16"), [bench(tmp_path, "dp2", 33)]),
     ]
     return summarize.summary_table(results).set_index(["method", "ranks"], drop=False)
 
 
-def test_efficiency_is_speedup_per_core_used(table):
+def test_efficiency_is_throughput_per_core_against_the_one_thread_baseline(table):
     one_rank_two_threads = table.loc[("ensemble_majority", 1)]
     assert one_rank_two_threads["cores_used"] == 2
     assert one_rank_two_threads["speedup"] == pytest.approx(40 / 28)
-    assert one_rank_two_threads["efficiency"] == pytest.approx(40 / 28 / 2)  # not / ranks (that gave 1.43)
+    assert one_rank_two_threads["efficiency"] == pytest.approx(40 / 28 / 2)  # same work: speed-up per core used
     eight = table.loc[("ensemble_majority", 8)]
     assert eight["oversubscribed"] and eight["cores_used"] == 2
     assert eight["efficiency"] == pytest.approx(1.0 / 2)  # 8 ranks share the job's 2 cores, not 8
-    assert table.loc[("single_shard", 2)]["efficiency"] == pytest.approx(40 / 18 / 1)  # one rank, one thread
+    # Rank 0 alone trains on half the images: 24,000 a epoch in 18 s on one core, against 48,000 in 40 s. Its
+    # speed-up per core (40 / 18 = 2.22) would credit it with work it never did.
+    shard = table.loc[("single_shard", 2)]
+    assert shard["speedup"] == pytest.approx(40 / 18)
+    assert shard["efficiency"] == pytest.approx((24000 / 18) / (48000 / 40))
 
 
 def test_job_times_compare_like_with_like(table):
@@ -71,9 +75,11 @@ def test_job_times_compare_like_with_like(table):
     assert ens["job_speedup"] == pytest.approx(45 / 30)  # sequential training + evaluation, one job
     shard = table.loc[("single_shard", 2)]
     # One rank of the 2-rank job: its own process's wall time (18 s fit + 3 s), not the whole job's 25 s, next to
-    # its one rank's cores; then the vote and its own evaluation job.
-    assert shard["train_job_seconds"] == 21 and shard["job_seconds"] == 21 + 5 + 1
-    assert shard["cores_used"] == 1 and shard["train_job_max_rss_mib"] == 700.0
+    # its one rank's cores; then its own evaluation job, not the ensemble's vote over N members. The training job's
+    # memory is N ranks', not its own: none (its rank's peak is rank_peak_rss_mib).
+    assert shard["train_job_seconds"] == 21 and shard["job_seconds"] == 21 + 1
+    assert shard["cores_used"] == 1 and np.isnan(shard["train_job_max_rss_mib"])
+    assert shard["rank_peak_rss_mib"] == 700.0
     assert table.loc[("data_parallel", 2)]["job_seconds"] == 33  # rank 0 evaluates inside the training job
 
 
@@ -126,9 +132,10 @@ def test_group_stats_mean_and_sample_sd():
     assert np.isnan(out.loc[4, "accuracy_sd"]) and np.isnan(out.loc[2, "job_seconds_mean"])  # one seed; no data
 
 
-def test_resumed_timings_are_marked_and_left_out_of_the_statistics(tmp_path):
-    """A resumed job's accuracy counts (its model is the uninterrupted one's); its times, covering only the epochs
-    after the checkpoint, are marked in summary.csv and never enter the statistics or another row's speed-up."""
+def test_resumed_timings_are_empty_and_left_out_of_the_statistics(tmp_path):
+    """A resumed job's accuracy counts (its model is the uninterrupted one's); its times and traffic, covering only
+    the epochs after the checkpoint, are empty in summary.csv (flagged by resumed_from_epoch), so they never enter
+    the statistics, the rank times or another row's speed-up."""
     results = [
         (result("sequential", 1, 1, [40.0]), [bench(tmp_path, "s1", 45)]),
         (result("sequential", 1, 1, [16.0], seed=1, resumed=3), [bench(tmp_path, "s1r", 20)]),
@@ -140,7 +147,11 @@ def test_resumed_timings_are_marked_and_left_out_of_the_statistics(tmp_path):
     marked = summary.set_index(["method", "seed"])["resumed_from_epoch"]
     assert marked[("sequential", 1)] == 3 and marked[("ensemble_majority", 1)] == 2
     assert marked[("ensemble_majority", 0)] == 0
-    assert np.isnan(summary.set_index(["method", "seed"]).loc[("ensemble_majority", 2), "speedup"])  # no seed-2 base
+    by = summary.set_index(["method", "seed"])
+    assert np.isnan(by.loc[("ensemble_majority", 2), "speedup"])  # no seed-2 base
+    for name in methods.PARTIAL_WHEN_RESUMED:  # a speed-up of 2.74 from the resumed epochs alone, no more
+        assert np.isnan(by.loc[("ensemble_majority", 1), name]) and np.isnan(by.loc[("sequential", 1), name]), name
+    assert by.loc[("ensemble_majority", 1), "accuracy"] == 0.93 and by.loc[("ensemble_majority", 1), "updates_per_rank"] > 0
     stats = summarize.group_stats(summary).set_index("method")
     ens = stats.loc["ensemble_majority"]
     assert ens["n_seeds"] == 3 and ens["n_resumed"] == 1
@@ -149,7 +160,8 @@ def test_resumed_timings_are_marked_and_left_out_of_the_statistics(tmp_path):
     assert stats.loc["sequential", "fit_seconds_max_mean"] == pytest.approx(40.0)
     assert stats.loc["sequential", "speedup_mean"] == pytest.approx(1.0)  # the resumed seed's 16 s left out
     times = summarize.rank_times(results)
-    assert sorted(times[times["resumed_from_epoch"] > 0]["fit_seconds"]) == [8.0, 9.0, 16.0]
+    assert times[times["resumed_from_epoch"] > 0]["fit_seconds"].isna().sum() == 3
+    assert sorted(times[times["resumed_from_epoch"] == 0]["fit_seconds"]) == [20.0, 21.0, 22.0, 23.0, 40.0]
 
 
 def test_training_curves_average_an_ensembles_members(tmp_path):
@@ -218,7 +230,7 @@ def test_every_figure_draws_from_the_tables(table, tmp_path):
     stats.to_csv(stats_path, index=False)
     pd.DataFrame([{"method": "ensemble_majority", "ranks": 2, "seed": 0, "oversubscribed": False, "rank": r,
                    "fit_seconds": 10.0 + r, "host": "h"} for r in range(2)]).to_csv(ranks_path, index=False)
-    outputs = {key: tmp_path / f"{key}.png" for key in plots.FIGURES}
+    outputs = {key: tmp_path / f"{key}.png" for key in methods.FIGURES}
     history = tmp_path / "history.csv"
     pd.DataFrame({"rank": 0, "epoch": [1, 2], "loss": [2.0, 1.0], "accuracy": [0.5, 0.7], "val_loss": [2.1, 1.2],
                   "val_accuracy": [0.4, 0.6]}).to_csv(history, index=False)
@@ -227,19 +239,32 @@ def test_every_figure_draws_from_the_tables(table, tmp_path):
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 10_000
 
 
-def test_summarize_writes_every_table(table, tmp_path):
-    results = []
+def test_summarize_finds_each_results_benchmarks_where_the_declaration_puts_them(table, tmp_path):
+    """summarize reads the result files it is given, and their jobs' benchmarks from where methods.benchmarks puts
+    them below the results folder: each job's seconds land in its row."""
+    root = tmp_path / "results"
+    paths = []
     for i, (_, r) in enumerate(table.iterrows()):
-        record = result(r["method"], int(r["ranks"]), r["threads"], [r["fit_seconds_max"]])
+        record = result(r["method"], int(r["ranks"]), r["threads"], [r["fit_seconds_max"]], seed=i)
         record.update(host="h", cpu_model="c", cpu_count=2, isa_flags=["avx2"], versions={"keras": "3"},
                       mpi_library=None, thread_settings={"env": {}})
-        path = tmp_path / f"r{i}.json"
-        path.write_text(json.dumps(record))
-        results.append((str(path), [bench(tmp_path, f"b{i}", 10)]))
+        run = methods.run_of(record)
+        paths.append(Path(methods.result_path(run, root)))
+        paths[-1].parent.mkdir(parents=True, exist_ok=True)
+        paths[-1].write_text(json.dumps(record))
+        for j, job in enumerate(methods.benchmarks(run, root)):
+            Path(job).parent.mkdir(parents=True, exist_ok=True)
+            Path(job).write_text(f"s\th:m:s\tmax_rss\tmax_vms\n{100 * i + 10 + j}\t0:00:10\t500\t1000\n")
     outs = {k: tmp_path / f"{k}.out" for k in ("summary", "stats", "differences", "comparison", "rank_times",
                                                 "provenance")}
-    verdict = summarize.summarize(results, PAPER, 2, outs)
+    verdict = summarize.summarize(paths, PAPER, 2, outs, root)
     assert "single seed" in verdict
-    assert len(pd.read_csv(outs["summary"])) == len(table)
+    summary = pd.read_csv(outs["summary"]).set_index("seed")
+    assert len(summary) == len(table)
+    for i, (_, r) in enumerate(table.iterrows()):
+        jobs = len(methods.benchmarks(methods.run_of({"method": r["method"], "ranks": r["ranks"], "seed": i,
+                                                      "threads": r["threads"]})))
+        own = 18.0 + 3.0 if r["method"] == "single_shard" else 100 * i + 10  # rank 0's own process
+        assert summary.loc[i, "job_seconds"] == pytest.approx(own + sum(100 * i + 10 + j for j in range(1, jobs)))
     prov = json.loads(outs["provenance"].read_text())
     assert prov["workflow_cores"] == 2 and prov["isa_flags"] == ["avx2"] and prov["versions"]["keras"] == "3"

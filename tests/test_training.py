@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from conftest import BIN, ROOT
-from mpi_ensemble import allreduce, checkpoint, model, records, runtime, training
+from mpi_ensemble import checkpoint, collective, data_parallel, model, records, runtime, training
 
 # --- the model ------------------------------------------------------------------------------------------------
 
@@ -210,30 +210,30 @@ def test_weights_checksum_sees_one_ulp():
 
 @pytest.mark.parametrize("n_train, batch, ranks", [(100, 64, 2), (130, 64, 3), (7, 4, 8), (64, 64, 1)])
 def test_global_batches_split_across_ranks_cover_each_image_once(n_train, batch, ranks):
-    batches = allreduce.epoch_batches(n_train, batch, seed=3, epoch=1)
+    batches = data_parallel.epoch_batches(n_train, batch, seed=3, epoch=1)
     assert [len(b) for b in batches[:-1]] == [batch] * (len(batches) - 1)  # the global batch, as sequential
     seen = []
     for b in batches:
-        parts = [allreduce.local_part(b, ranks, r) for r in range(ranks)]
+        parts = [data_parallel.local_part(b, ranks, r) for r in range(ranks)]
         assert max(map(len, parts)) - min(map(len, parts)) <= 1
         seen += [i for part in parts for i in part]
     assert sorted(seen) == list(range(n_train))
-    again = allreduce.epoch_batches(n_train, batch, seed=3, epoch=1)
+    again = data_parallel.epoch_batches(n_train, batch, seed=3, epoch=1)
     assert all((a == b).all() for a, b in zip(batches, again))  # every rank draws the same permutation
-    other = allreduce.epoch_batches(n_train, batch, seed=3, epoch=2)
+    other = data_parallel.epoch_batches(n_train, batch, seed=3, epoch=2)
     assert n_train < 8 or any((a != b).any() for a, b in zip(batches, other))  # reshuffled each epoch
 
 
 def test_flatten_roundtrip_and_replica_check():
     arrays = [np.arange(6, dtype=np.float32).reshape(2, 3), np.ones(4, dtype=np.float32)]
-    back = allreduce.unflatten(allreduce.flatten(arrays), [a.shape for a in arrays])
+    back = collective.unflatten(collective.flatten(arrays), [a.shape for a in arrays])
     for a, b in zip(arrays, back):
         np.testing.assert_array_equal(a, b)
     with pytest.raises(ValueError, match="buffer holds"):
-        allreduce.unflatten(allreduce.flatten(arrays), [(2, 3)])
-    allreduce.check_identical(["a", "a", "a"])
+        collective.unflatten(collective.flatten(arrays), [(2, 3)])
+    collective.check_identical(["a", "a", "a"])
     with pytest.raises(RuntimeError, match=r"rank\(s\) \[2\]"):
-        allreduce.check_identical(["a", "a", "b"])
+        collective.check_identical(["a", "a", "b"])
 
 
 def gradient_check(ranks, tmp_path, *flags):

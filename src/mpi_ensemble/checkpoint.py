@@ -71,9 +71,10 @@ class State:
     """What a checkpoint holds: epochs done, weights, optimizer variables, the history of those epochs, and what
     differs between the environment it was made in and this one (empty: a bitwise resume)."""
 
-    def __init__(self, epoch, weights, optimizer, history, path=None, environment_changes=()):
+    def __init__(self, epoch, weights, optimizer, history, path=None, environment_changes=(), environment=None):
         self.epoch, self.weights, self.optimizer, self.history, self.path = epoch, weights, optimizer, history, path
         self.environment_changes = list(environment_changes)
+        self.environment = environment or {}  # the one it was made in
 
 
 class Store:
@@ -121,7 +122,8 @@ class Store:
             raise Discarded("made with other settings (" + "; ".join(changed) + ")")
         weights, optimizer = unpack(blob)
         moved = differences(manifest.get("environment") or {}, self.environment) if self.environment else []
-        return State(int(manifest["epoch"]), weights, optimizer, manifest.get("history", []), path, moved)
+        return State(int(manifest["epoch"]), weights, optimizer, manifest.get("history", []), path, moved,
+                     manifest.get("environment"))
 
     def saved_epochs(self):
         """The epochs this store would resume from, newest first: those that verify. Reads only, deletes nothing

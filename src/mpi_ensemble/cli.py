@@ -39,6 +39,11 @@ def fetch_data(args):
         print(line)
 
 
+def unpack_bundled(args):
+    for line in data.unpack_bundled(args.sources, args.out):
+        print(line)
+
+
 def preprocess(args):
     outs = dict(zip(data.ARRAY_NAMES, (args.train_x, args.train_y, args.test_x, args.test_y)))
     counts = data.preprocess(args.inputs, outs, args.dataset, args.max_train_images, args.max_test_images)
@@ -71,11 +76,11 @@ def train_data_parallel(args):
 
 
 def train_local_sgd(args):
-    from . import allreduce, training
+    from . import local_sgd, training
 
     use_cpu_tuning(args)
     training.train_local_sgd(arrays_of(args), args.out_dir, args.threads, args.seed, settings_of(args),
-                             allreduce.parse_period(args.period), args.job_cores, args.checkpoint_dir)
+                             local_sgd.parse_period(args.period), args.job_cores, args.checkpoint_dir)
 
 
 def train_weight_average_shared_start(args):
@@ -102,39 +107,37 @@ def ensemble(args):
 def vote_variants(args):
     from . import combine
 
-    outs = {method: getattr(args, method) for method in combine.VOTE_VARIANTS}
+    outs = dict(item.split("=", 1) for item in args.result)
     print(combine.vote_variants(args.probabilities, args.records, args.test_y, outs))
 
 
 def weight_average(args):
     from . import combine
 
-    outputs = {method: (getattr(args, f"{method}_model"), getattr(args, f"{method}_result"))
-               for method in combine.WEIGHT_AVERAGES}
+    if not len(args.methods) == len(args.out_models) == len(args.out_results):
+        raise ValueError("--methods, --out-models and --out-results must pair up, one of each per method")
+    outputs = {m: pair for m, *pair in zip(args.methods, args.out_models, args.out_results)}
     print(combine.weight_average(args.models, args.records, args.probabilities, args.test_x, args.test_y, outputs))
 
 
 def single_shard(args):
     from . import combine
 
-    print(combine.single_shard(args.probabilities, args.rank0_record, args.test_y, args.result))
+    print(combine.single_shard(args.model, args.rank0_record, args.test_x, args.test_y, args.result))
 
 
 def summarize(args):
     from . import summarize as stage
 
-    if len(args.results) != len(args.benchmarks):
-        raise ValueError(f"{len(args.results)} results but {len(args.benchmarks)} benchmark lists; they must pair up")
-    results = list(zip(args.results, (b.split(",") for b in args.benchmarks)))
     outputs = {k: getattr(args, k) for k in ("summary", "stats", "differences", "comparison", "rank_times",
                                               "provenance")}
-    print(stage.summarize(results, args.paper, args.cores, outputs))
+    print(stage.summarize(args.results, args.paper, args.cores, outputs, args.results_dir))
 
 
 def figures(args):
     from . import plots
 
-    outputs = {key: getattr(args, key) for key in plots.FIGURES if getattr(args, key)}
+    outputs = dict(item.split("=", 1) for item in args.outputs)
     histories = [item.split("=", 1) for item in args.histories or []]
     plots.figures(args.stats, args.rank_times, args.paper, outputs, histories, json.loads(args.networks))
 
@@ -151,7 +154,7 @@ def tables(args):
 def audit(args):
     from . import audit as check
 
-    if not check.run(args.results_dir, args.out) and not args.report_only:
+    if not check.run(args.results_dir, args.paper, args.out) and not args.report_only:
         sys.exit(1)
 
 
@@ -185,6 +188,11 @@ def data_commands(sub):
     p.add_argument("--mirror", action="append", help="base URL; repeat to try several in order")
     p.add_argument("--out", nargs="+", required=True)
     p.set_defaults(func=fetch_data)
+
+    p = sub.add_parser("unpack_bundled", help="copy the bundled files of a workflow read from git out of it")
+    p.add_argument("--sources", nargs="+", required=True, help="git folder:ref:path, one per output")
+    p.add_argument("--out", nargs="+", required=True)
+    p.set_defaults(func=unpack_bundled)
 
     p = sub.add_parser("preprocess", help="IDX -> float32 NHWC .npy arrays")
     p.add_argument("--dataset", required=True)
@@ -238,36 +246,32 @@ def combine_commands(sub):
 
     p = sub.add_parser("vote_variants", help="soft vote and confidence tie-break from the saved probabilities")
     required(p, "records", nargs="+")
-    required(p, "probabilities", "test-y", "ensemble_soft", "ensemble_majority_tiebreak")
+    required(p, "probabilities", "test-y")
+    p.add_argument("--result", action="append", required=True, help="METHOD=result.json, one per vote rule")
     p.set_defaults(func=vote_variants)
 
     p = sub.add_parser("weight_average", help="the members' weights averaged once, weighted by test or by "
                        "validation accuracy")
-    required(p, "models", "records", nargs="+")
+    required(p, "models", "records", "methods", "out-models", "out-results", nargs="+")
     required(p, "probabilities", "test-x", "test-y")
-    for method in ("weight_average_by_test", "weight_average_by_validation"):
-        required(p, f"{method}_model", f"{method}_result")
     p.set_defaults(func=weight_average)
 
     p = sub.add_parser("single_shard", help="rank 0's model alone: one model on 1/N of the data")
-    required(p, "probabilities", "rank0-record", "test-y", "result")
+    required(p, "model", "rank0-record", "test-x", "test-y", "result")
     p.set_defaults(func=single_shard)
 
 
 def summarize_commands(sub):
     p = sub.add_parser("summarize", help="summary.csv, statistics over seeds, paper comparison, provenance")
     p.add_argument("--results", nargs="+", required=True)
-    p.add_argument("--benchmarks", nargs="+", required=True,
-                   help="per result, the comma-separated benchmarks of the jobs on its path (training job first)")
+    p.add_argument("--results-dir", default="results", help="where the benchmarks of the results' jobs are")
     p.add_argument("--cores", type=int, required=True)
     required(p, "paper", "summary", "stats", "differences", "comparison", "rank-times", "provenance")
     p.set_defaults(func=summarize)
 
     p = sub.add_parser("figures", help="the figures, from the summarize tables")
     required(p, "stats", "rank-times", "paper")
-    for key in ("fig_sequential", "fig_scaling", "fig_speedup", "fig_rank_times", "fig_methods", "fig_voting",
-                "fig_training_curves", "fig_communication", "fig_cost"):
-        p.add_argument(f"--{key.replace('_', '-')}")
+    p.add_argument("--outputs", nargs="+", required=True, help="KEY=path.png per figure (methods.FIGURES' keys)")
     p.add_argument("--histories", nargs="+", help="LABEL=history.csv per model (an ensemble's ranks share a label)")
     p.add_argument("--networks", default="[]", help="the config's networks, as JSON, for the cost figure")
     p.set_defaults(func=figures)
@@ -281,6 +285,7 @@ def summarize_commands(sub):
     p = sub.add_parser("audit", help="recompute a finished results folder from what it saved and name every "
                        "disagreement (exit status 1 if there is any)")
     p.add_argument("results_dir", help="the results folder, e.g. results")
+    p.add_argument("--paper", required=True, help="the paper's reported numbers (paper/reported_results.csv)")
     p.add_argument("--out", help="also write the verdict to this file")
     p.add_argument("--report-only", action="store_true", help="exit 0 whatever the verdict (the workflow's rule: "
                    "its verdict goes into the report, and `make reproduce` fails on it afterwards)")

@@ -2,15 +2,15 @@
 members combined by the other vote rules, their weights averaged once (the paper code's first attempt), and the
 single-shard control (rank 0's model alone).
 
-The ensemble rule predicts the test set once and stores every member's softmax output; the other rules reuse
-those probabilities (no TensorFlow, no second prediction). All results are built by records.result_record.
+The ensemble rule predicts the test set once and stores every member's softmax output; the vote rules and the
+test-accuracy weighting reuse those probabilities. The single-shard control scores member 0 in a job of its own, so
+that its job time is one model's evaluation, not the N members'. All results are built by records.result_record.
 """
 
 import numpy as np
 
 from . import atomic, data, metrics, records, runtime, training, voting
-
-CLASSES = 10
+from .model import CLASSES
 # Other ways to combine the same N members: (winners, mask of the ties the rule had to break).
 VOTE_VARIANTS = {
     "ensemble_soft": lambda probs: (voting.soft_vote(probs), np.zeros(probs.shape[1], dtype=bool)),
@@ -57,23 +57,27 @@ def ensemble(model_paths, record_paths, test_x_path, test_y_path, result_path, p
 
 
 def vote_variants(probabilities_path, record_paths, test_y_path, result_paths):
-    """The soft vote and the majority with a confidence tie-break, over the same members' probabilities."""
+    """The soft vote and the majority with a confidence tie-break, over the same members' probabilities;
+    `result_paths`: {method: result.json}, methods of VOTE_VARIANTS."""
     members = member_records(record_paths)
     test_y = np.load(test_y_path)
     probs = load_probabilities(probabilities_path, len(test_y), len(members))
     lines = []
-    for method, rule in VOTE_VARIANTS.items():
-        winners, ties = rule(probs)
+    for method, path in result_paths.items():
+        if method not in VOTE_VARIANTS:
+            raise ValueError(f"{method} is no vote rule; the vote rules are {', '.join(VOTE_VARIANTS)}")
+        winners, ties = VOTE_VARIANTS[method](probs)
         scores = metrics.classification_metrics(test_y, winners, CLASSES)
         # `ties`: those this rule had to break (soft voting has none to break).
-        atomic.write_json(result_paths[method], records.result_record(
+        atomic.write_json(path, records.result_record(
             method, members, scores, ties.sum(), member_accuracy(probs, test_y)))
         lines.append(f"{method} ranks={len(members)}: accuracy {scores['accuracy']:.4f} ({int(ties.sum())} ties broken)")
     return "\n".join(lines)
 
 
-def single_shard(probabilities_path, rank0_record_path, test_y_path, result_path):
-    """Rank 0's model alone: one model trained on 1/N of the data (the first shard) in the time of one rank.
+def single_shard(model_path, rank0_record_path, test_x_path, test_y_path, result_path):
+    """Rank 0's model alone: one model trained on 1/N of the data (the first shard) by one rank, scored on the
+    test set in a job of its own.
 
     Reusing rank 0 rather than training a separate model makes the comparison paired (the ensemble and its
     control share that member) and costs no training: a separate job with the same seed, shard and threads
@@ -81,16 +85,11 @@ def single_shard(probabilities_path, rank0_record_path, test_y_path, result_path
     rank0 = atomic.read_json(rank0_record_path)
     if rank0["rank"] != 0:
         raise ValueError(f"single_shard needs rank 0's record, got rank {rank0['rank']}")
-    test_y = np.load(test_y_path)
-    probs = load_probabilities(probabilities_path, len(test_y))
-    scores = metrics.classification_metrics(test_y, probs[0].argmax(axis=1), CLASSES)
+    test_x, test_y = data.load_arrays(test_x_path, test_y_path)
+    net = training.load_model(runtime.import_keras(1), model_path)
+    scores = metrics.classification_metrics(test_y, training.predict(net, test_x).argmax(axis=1), CLASSES)
     atomic.write_json(result_path, records.result_record("single_shard", [rank0], scores, shard=rank0["shard"]))
     return f"single_shard (1/{rank0['ranks']} of the data) seed={rank0['seed']}: accuracy {scores['accuracy']:.4f}"
-
-
-# One-shot weight averages of the same members, by what weighs each member: its test accuracy, as the paper's code
-# does (which lets the test set choose the model it is then scored on), or its last epoch's validation accuracy.
-WEIGHT_AVERAGES = ("weight_average_by_test", "weight_average_by_validation")
 
 
 def average_weights(member_weights, weights):
@@ -109,6 +108,14 @@ def validation_accuracy(record):
     return float(history[-1])
 
 
+# One-shot weight averages of the same members, by what weighs each member: its test accuracy, as the paper's code
+# does (which lets the test set choose the model it is then scored on), or its last epoch's validation accuracy.
+WEIGHTINGS = {
+    "weight_average_by_test": lambda members, test_accuracy: test_accuracy,
+    "weight_average_by_validation": lambda members, test_accuracy: [validation_accuracy(m) for m in members],
+}
+
+
 def weight_average(model_paths, record_paths, probabilities_path, test_x_path, test_y_path, outputs):
     """Both one-shot averages of the members' weights, each saved as a model and scored on the test set.
     `outputs`: {method: (model path, result path)}."""
@@ -116,18 +123,18 @@ def weight_average(model_paths, record_paths, probabilities_path, test_x_path, t
     members = member_records(record_paths, len(model_paths))
     test_x, test_y = data.load_arrays(test_x_path, test_y_path)
     by_test = member_accuracy(load_probabilities(probabilities_path, len(test_y), len(members)), test_y)
-    weighting = {"weight_average_by_test": by_test,
-                 "weight_average_by_validation": [validation_accuracy(m) for m in members]}
     net = training.load_model(keras, model_paths[0])
     member_weights = [net.get_weights(), *(training.load_model(keras, p).get_weights() for p in model_paths[1:])]
     lines = []
-    for method in WEIGHT_AVERAGES:
-        model_path, result_path = outputs[method]
-        net.set_weights(average_weights(member_weights, weighting[method]))
+    for method, (model_path, result_path) in outputs.items():
+        if method not in WEIGHTINGS:
+            raise ValueError(f"{method} is no weight average; the averages are {', '.join(WEIGHTINGS)}")
+        share = WEIGHTINGS[method](members, by_test)
+        net.set_weights(average_weights(member_weights, share))
         scores = metrics.classification_metrics(test_y, training.predict(net, test_x).argmax(axis=1), CLASSES)
         training.save_model(net, model_path)
         atomic.write_json(result_path, records.result_record(
-            method, members, scores, member_accuracy=by_test, averaging_weights=weighting[method],
+            method, members, scores, member_accuracy=by_test, averaging_weights=share,
             weights_sha256=training.weights_sha256(net.get_weights())))
         lines.append(f"{method} ranks={len(members)}: accuracy {scores['accuracy']:.4f} "
                      f"(members {', '.join(f'{a:.4f}' for a in by_test)})")

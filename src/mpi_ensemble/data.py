@@ -8,6 +8,7 @@ altered data fails.
 import hashlib
 import shutil
 import struct
+import subprocess
 import urllib.error
 import urllib.request
 import zlib
@@ -248,12 +249,13 @@ def download_verified(file_name, dest, expected, mirrors, timeout=60):
 
 
 def data_source(data_dir, bundled, names):
-    """The folder fetch_data copies from: `data_dir` if set (it must hold every file), else the bundled copy if
-    complete, else None, meaning download from the mirrors."""
+    """The folder fetch_data copies from: `data_dir` if set (it must hold every file), else the folder of the copy
+    bundled with the workflow if it has every file (`bundled`: one path per name, None for a file it lacks), else
+    None, meaning download from the mirrors."""
     if data_dir:
         require_files(data_dir, names)
         return str(data_dir)
-    return None if missing_files(bundled, names) else str(bundled)
+    return str(Path(bundled[0]).parent) if bundled and all(bundled) else None
 
 
 def fetch_data(dataset, out_paths, source_dir=None, mirrors=None):
@@ -269,6 +271,23 @@ def fetch_data(dataset, out_paths, source_dir=None, mirrors=None):
         else:
             url = download_verified(name, dest, digest, mirrors or dataset_spec(dataset)["mirrors"])
             lines.append(f"{name}: downloaded from {url}, SHA-256 verified")
+    return lines
+
+
+def unpack_bundled(sources, out_paths):
+    """Copy files of a workflow read from git out of its repository: `sources` "git folder:ref:path" each, written
+    to `out_paths` in order. Returns a line per file."""
+    if len(sources) != len(out_paths):
+        raise ValueError(f"{len(sources)} sources but {len(out_paths)} outputs; they must pair up")
+    lines = []
+    for source, dest in zip(sources, out_paths):
+        folder, ref, path = source.split(":", 2)
+        blob = subprocess.run(["git", "-C", folder, "show", f"{ref}:{path}"], capture_output=True, check=False)
+        if blob.returncode != 0:
+            raise FileNotFoundError(f"{path} at {ref} in {folder}: {blob.stderr.decode(errors='replace').strip()}")
+        with atomic_path(dest) as tmp:
+            Path(tmp).write_bytes(blob.stdout)
+        lines.append(f"{path}: {len(blob.stdout)} bytes from {folder} at {ref}")
     return lines
 
 

@@ -11,23 +11,14 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.ticker import MaxNLocator, ScalarFormatter  # noqa: E402
 
-from . import allreduce  # noqa: E402
+from . import methods, network  # noqa: E402
 from .atomic import atomic_path  # noqa: E402
 from .records import INPUTS_KEY, inputs_note  # noqa: E402
 
 PAPER_STYLE = {"laptop": ("tab:gray", "s", "paper: laptop i5-1135G7"),
                "xeon": ("tab:brown", "^", "paper: Xeon Gold 6354")}
-METHOD_STYLE = {
-    "ensemble_majority": ("tab:blue", "o", "ensemble, majority (paper)"),
-    "ensemble_majority_tiebreak": ("tab:cyan", "v", "ensemble, majority + confidence tie-break"),
-    "ensemble_soft": ("tab:green", "D", "ensemble, soft vote"),
-    "single_shard": ("tab:red", "x", "single shard (rank 0 alone, 1/N of the data)"),
-    "data_parallel": ("tab:purple", "s", "data-parallel (allreduce)"),
-    "weight_average_by_test": ("tab:olive", "P", "weights averaged once, by test accuracy (paper's code)"),
-    "weight_average_by_validation": ("tab:gray", "p", "weights averaged once, by validation accuracy"),
-    "weight_average_shared_start": ("tab:brown", "*", "shared start, weights averaged once at the end"),
-    "local_sgd": ("tab:pink", "h", "local SGD"),
-}
+# Each method's colour, marker and label, as the method declaration gives them (one per method, in every figure).
+METHOD_STYLE = {m.name: (m.colour, m.marker, m.label) for m in methods.METHODS if m.name != "sequential"}
 SD_NOTE = "error bars: ±1 sample sd over seeds"
 
 
@@ -322,14 +313,14 @@ COMMUNICATING = ("ensemble_majority", "weight_average_by_validation", "weight_av
                  "weight_average_shared_start", "local_sgd", "data_parallel")
 
 
-def network_seconds(row, network):
-    """A row's fit time with its Allreduces on `network`: this machine's fit time, plus what each Allreduce of its
-    mean size would take there (allreduce.allreduce_seconds; the shared-memory Allreduces already in the fit time
+def network_seconds(row, link):
+    """A row's fit time with its Allreduces on `link`: this machine's fit time, plus what each Allreduce of its
+    mean size would take there (network.allreduce_seconds; the shared-memory Allreduces already in the fit time
     cost far less, and are not taken off)."""
     calls = row.allreduces_per_rank_mean
     if not calls or np.isnan(calls):
         return row.fit_seconds_max_mean
-    each = allreduce.allreduce_seconds(network["alpha_seconds"], network["beta_seconds_per_byte"], int(row.ranks),
+    each = network.allreduce_seconds(link["alpha_seconds"], link["beta_seconds_per_byte"], int(row.ranks),
                                        row.allreduce_bytes_per_rank_mean / calls)
     return row.fit_seconds_max_mean + calls * each
 
@@ -349,15 +340,15 @@ def cost_figure(stats, path, inputs="", networks=()):
     ranks = sorted(rows["ranks"].unique())
     for ax, (label, cost) in zip(axes.flat, panels):
         for row in rows.itertuples():
-            style = METHOD_STYLE.get(row.method, ("black", "8", row.method))
+            style = methods.method(row.method)
             ax.errorbar(cost(row), 100 * row.accuracy_mean, yerr=100 * np.nan_to_num(row.accuracy_sd),
-                        fmt=style[1], color=colors[ranks.index(row.ranks) % len(colors)], capsize=2, ms=6)
+                        fmt=style.marker, color=colors[ranks.index(row.ranks) % len(colors)], capsize=2, ms=6)
         ax.set(xlabel=label, ylabel="test accuracy (%)", xscale="log")
         ax.grid(alpha=0.3, which="both")
     for n in ranks:
         axes[0, 0].plot([], [], "o", color=colors[ranks.index(n) % len(colors)], label=f"N = {n}")
-    for method, (_, marker, name) in {**METHOD_STYLE, "sequential": ("black", "8", "sequential")}.items():
-        axes[0, 1].plot([], [], marker, color="black", mfc="white", label=name)
+    for m in methods.METHODS:
+        axes[0, 1].plot([], [], m.marker, color="black", mfc="white", label=m.label)
     axes[0, 0].legend(fontsize=7)
     axes[0, 1].legend(fontsize=5)
     fig.suptitle(f"Accuracy against cost: the frontier to pick from ({SD_NOTE}; networks: α–β model, "
@@ -365,7 +356,7 @@ def cost_figure(stats, path, inputs="", networks=()):
     save(fig, path, inputs)
 
 
-FIGURES = {
+DRAW = {
     "fig_sequential": lambda t: sequential_figure(t["stats"], t["paper"], t["out"], t["inputs"]),
     "fig_scaling": lambda t: scaling_figure(t["stats"], t["paper"], t["out"], t["inputs"]),
     "fig_speedup": lambda t: speedup_figure(t["stats"], t["paper"], t["out"], t["inputs"]),
@@ -387,4 +378,4 @@ def figures(stats_path, rank_times_path, paper_path, outputs, histories=(), netw
               "histories": read_histories(histories), "networks": list(networks),
               "inputs": inputs_note([stats_path, rank_times_path])}
     for key, path in outputs.items():
-        FIGURES[key]({**tables, "out": path})
+        DRAW[key]({**tables, "out": path})

@@ -27,7 +27,7 @@ HOST_KEYS = ("host", "cpu_model", "cpu_count", "isa_flags", "versions", "schedul
 RANK_TIMING_KEYS = ("rank", "fit_seconds", "epoch_seconds", "fit_cpu_seconds", "cpu_seconds", "wall_seconds",
                     "peak_rss_mib", "train_images", "validation_images", "host", "resumed_from_epoch",
                     "resumed_exactly", "checkpoint_seconds", "allreduce_count", "allreduce_seconds",
-                    "allreduce_bytes", "weights_sha256")
+                    "allreduce_bytes", "allreduce_wire_bytes", "weights_sha256", "slurm_step", "history")
 
 
 # Where a figure (PNG text chunk) or a report table (HTML meta tag) keeps the SHA-256 of the files it was made from.
@@ -126,14 +126,17 @@ def rank_record(method, rank, ranks, seed, settings, threads, job_cores, started
         "cpu_seconds": cpu_seconds(),
         "thread_settings": runtime.thread_settings(threads),
         "kernel_settings": runtime.kernel_settings(),
+        # The SLURM job step this process ran in (srun sets it; a batch script's own processes have none).
+        "slurm_step": os.environ.get("SLURM_STEP_ID"),
         **host_facts(),
         **extra,
     }
 
 
-def cores_used(members, threads, job_cores):
-    """Cores the training could use: threads per rank times ranks ('all' is every core), at most the job's."""
-    per_rank = job_cores if threads == "all" else int(threads)
+def cores_used(members, threads, job_cores, affinity=None):
+    """Cores the training could use: threads per rank times ranks, at most the job's; 'all' is the cores the
+    process was bound to (`affinity`; the job's when unknown)."""
+    per_rank = (len(affinity) if affinity else job_cores) if threads == "all" else int(threads)
     return min(members * per_rank, job_cores)
 
 
@@ -157,7 +160,7 @@ def result_record(method, members, metrics, ties=0, member_accuracy=None, **extr
         "method": method, "ranks": first["ranks"], "seed": first["seed"], "threads": threads,
         "precision": first["precision"], "epochs": first["settings"]["epochs"],
         "batch_size": first["settings"]["batch_size"], "job_cores": first["job_cores"],
-        "cores_used": cores_used(len(members), threads, first["job_cores"]),
+        "cores_used": cores_used(len(members), threads, first["job_cores"], first["thread_settings"].get("affinity")),
         "oversubscribed": first["oversubscribed"],
         "metrics": metrics, "ties": int(ties),
         "resumed_from_epoch": max(int(m.get("resumed_from_epoch") or 0) for m in members),

@@ -175,6 +175,30 @@ def job_cores(requested=None, environ=None):
     return min(limits) if limits else available_cores()
 
 
+# The executors under which a job runs inside a SLURM allocation: the submitting one and the one inside the job.
+SLURM_EXECUTORS = ("slurm", "slurm-jobstep")
+# Starts a job's N ranks as one job step through SLURM's PMI-2, which the pip MPICH speaks.
+SLURM_LAUNCHER = "srun --mpi=pmi2"
+
+
+def choose_launcher(configured, executor):
+    """(launcher, where it came from, a warning or None) for the MPI jobs: the config's `mpi_launcher` if set,
+    else srun under a SLURM executor and mpiexec under any other. A configured launcher other than srun under
+    SLURM is kept, with a warning: mpiexec started in a SLURM job knows nothing of the allocation's other nodes."""
+    slurm = executor in SLURM_EXECUTORS
+    if configured:
+        first = os.path.basename(str(configured).split()[0])
+        warning = None
+        if slurm and first != "srun":
+            warning = (f"mpi_launcher {configured!r} under the {executor} executor: its ranks may all start on the "
+                       "first node of the job's allocation. Set mpi_launcher: null (srun) unless your site's MPI "
+                       "reads the allocation itself.")
+        return str(configured), "config key mpi_launcher", warning
+    if slurm:
+        return SLURM_LAUNCHER, f"the {executor} executor", None
+    return "mpiexec", f"the {executor or 'local'} executor", None
+
+
 def rank_launcher(launcher, ranks):
     """The `mpi` resource of an N-rank job: the launcher, except that a 1-rank job under a scheduler's launcher
     (srun, ...) gets none and runs as an MPI singleton (the SLURM plugin refuses MPI jobs of one task)."""
@@ -185,11 +209,14 @@ def rank_launcher(launcher, ranks):
 
 
 def placement(ranks, ranks_per_node):
-    """Resources that spread an N-rank job: ceil(N / k) nodes for k ranks a node; none (the scheduler's
-    choice) for k = 0."""
+    """The task resources of an N-rank job: N tasks where the scheduler chooses (k = 0); N tasks on N nodes, one
+    each (k = 1); k tasks on each of ceil(N / k) nodes (k > 1; SLURM then holds k·ceil(N / k) task slots, and the
+    launcher starts N ranks in them, k to a node)."""
     if ranks_per_node < 0:
         raise ValueError(f"ranks_per_node must be 0 (the scheduler's choice) or more, not {ranks_per_node}")
-    return {"nodes": -(-ranks // ranks_per_node)} if ranks_per_node else {}
+    if ranks_per_node <= 1 or ranks <= 1:
+        return {"tasks": ranks, **({"nodes": ranks} if ranks_per_node == 1 else {})}
+    return {"tasks_per_node": min(ranks_per_node, ranks), "nodes": -(-ranks // ranks_per_node)}
 
 
 def threads_per_rank(cores, ranks):

@@ -5,8 +5,9 @@ tables as HTML for the Snakemake report. Built once, with pandas.
 Standard deviations are sample standard deviations over seeds (ddof=1), empty with a single seed.
 
 A result whose training resumed from a checkpoint (`resumed_from_epoch` > 0) keeps its accuracy (the model is
-bitwise the uninterrupted one's) but its times cover only part of the training: summary.csv shows them with that
-column, and the statistics, relative columns and figures leave them out (`n_resumed` counts them).
+bitwise the uninterrupted one's when it resumed in the same environment), but a job measured only the epochs after
+the checkpoint: its cells of methods.PARTIAL_WHEN_RESUMED are empty, flagged by that column, and so are the
+relative columns of every row that would use it as a baseline. The statistics count such rows in `n_resumed`.
 """
 
 import html
@@ -14,7 +15,7 @@ import math
 
 import pandas as pd
 
-from . import atomic, model, records
+from . import atomic, methods, model, records
 
 METRICS = ("accuracy", "precision", "recall", "f1")
 COLUMNS = [
@@ -23,23 +24,22 @@ COLUMNS = [
     *METRICS, "member_accuracy_mean", "ties",
     "fit_seconds_mean", "fit_seconds_max", "train_job_seconds", "job_seconds",
     "time_decrease_pct", "speedup", "efficiency", "job_speedup",
-    "train_images_per_rank", "steps_per_epoch", "averagings_per_epoch", "allreduces_per_rank",
-    "allreduce_bytes_per_rank", "allreduce_seconds_max", "core_seconds",
-    "cpu_seconds", "images_per_second_per_core", "gflops_per_core",
+    "train_images_per_rank", "batch_per_rank", "global_batch", "steps_per_epoch", "updates_per_rank",
+    "averagings_per_epoch", "allreduces_per_rank", "allreduce_bytes_per_rank", "wire_bytes_per_rank",
+    "allreduce_seconds_max", "core_seconds", "cpu_seconds", "images_per_second_per_core", "gflops_per_core",
     "rank_peak_rss_mib", "train_job_max_rss_mib",
 ]
 # Constant within a (method, ranks, period, threads) group, so they label the group's statistics.
 GROUP = ["method", "ranks", "period", "threads", "cores_used", "oversubscribed", "compute_precision"]
 STAT_METRICS = (
     *METRICS, "member_accuracy_mean", "ties", "fit_seconds_mean", "fit_seconds_max", "train_job_seconds",
-    "job_seconds", "time_decrease_pct", "speedup", "efficiency", "job_speedup", "steps_per_epoch",
-    "averagings_per_epoch", "allreduces_per_rank", "allreduce_bytes_per_rank", "allreduce_seconds_max",
-    "core_seconds", "images_per_second_per_core", "gflops_per_core", "rank_peak_rss_mib", "train_job_max_rss_mib",
+    "job_seconds", "time_decrease_pct", "speedup", "efficiency", "job_speedup", "batch_per_rank", "global_batch",
+    "steps_per_epoch", "updates_per_rank", "averagings_per_epoch", "allreduces_per_rank", "allreduce_bytes_per_rank",
+    "wire_bytes_per_rank", "allreduce_seconds_max", "core_seconds", "images_per_second_per_core", "gflops_per_core",
+    "rank_peak_rss_mib", "train_job_max_rss_mib",
 )
-# The columns a resumed training job does not measure in full.
-TIMING = ("fit_seconds_mean", "fit_seconds_max", "train_job_seconds", "job_seconds", "time_decrease_pct", "speedup",
-          "efficiency", "job_speedup", "allreduce_seconds_max", "core_seconds", "cpu_seconds",
-          "images_per_second_per_core", "gflops_per_core")
+RANK_TIMES_COLUMNS = ["method", "ranks", "period", "threads", "seed", "oversubscribed", "rank", "fit_seconds", "host",
+                      "resumed_from_epoch"]
 DIFF_METRICS = ("accuracy", "fit_seconds_max")
 DIFF_COLUMNS = ["metric", "ranks", "method", "period", "threads", "reference", "mean", "reference_mean",
                 "difference", "spread", "n_seeds", "exceeds_spread"]
@@ -58,15 +58,30 @@ def read_benchmark(path):
     return float(row["s"]), None if pd.isna(rss) else float(rss)
 
 
-def summary_row(result, benchmarks):
-    """One result as a row. `benchmarks` are the Snakemake benchmarks of the jobs on its path, the training job
-    first: `job_seconds` adds them all (training plus the vote or evaluation), `train_job_seconds` is the first.
-    A result of fewer processes than its training job had (single_shard: rank 0 of N) takes its training time and
-    memory from those processes' own records, not from the whole job's benchmark."""
-    timing = pd.DataFrame(result["rank_timing"])
+def job_memory_measured(result, timing):
+    """Does the training job's benchmark hold its ranks' memory? Not for an MPI job whose ranks ran as a SLURM job
+    step of their own (srun starts them under slurmstepd, outside the process tree Snakemake samples), nor for one
+    whose ranks ran on more than one host."""
+    stepped = "slurm_step" in timing and timing["slurm_step"].notna().any()
+    hosts = timing["host"].nunique(dropna=False) if "host" in timing else 1
+    return not (result["ranks"] > 1 and stepped) and hosts <= 1
+
+
+def job_times(result, timing, benchmarks):
+    """(train_job_seconds, job_seconds, train_job_max_rss_mib). `benchmarks` are those of the jobs on the result's
+    path, the training job first. A result of one rank of a larger job (single_shard) takes that rank's own wall
+    time from its record instead of the whole job's, and no job memory: its job held N ranks."""
     jobs = [read_benchmark(path) for path in benchmarks]
-    if len(timing) < result["ranks"]:
-        jobs[0] = (timing["wall_seconds"].max(), timing["peak_rss_mib"].max())
+    own = methods.method(result["method"]).made_of == "rank0"
+    train_seconds = timing["wall_seconds"].max() if own else jobs[0][0]
+    memory = None if own or not job_memory_measured(result, timing) else jobs[0][1]
+    return train_seconds, train_seconds + sum(seconds for seconds, _ in jobs[1:]), memory
+
+
+def summary_row(result, benchmarks):
+    """One result as a row; its relative and throughput columns are added over the whole table."""
+    timing = pd.DataFrame(result["rank_timing"])
+    train_seconds, job_seconds, memory = job_times(result, timing, benchmarks)
     return {
         **{k: result[k] for k in ("method", "ranks", "seed", "threads", "cores_used", "oversubscribed", "ties")},
         "period": result.get("period"),
@@ -77,16 +92,17 @@ def summary_row(result, benchmarks):
         "member_accuracy_mean": sum(result["member_accuracy"]) / len(result["member_accuracy"]),
         "fit_seconds_mean": timing["fit_seconds"].mean(),
         "fit_seconds_max": timing["fit_seconds"].max(),
-        "train_job_seconds": jobs[0][0],
-        "job_seconds": sum(seconds for seconds, _ in jobs),
+        "train_job_seconds": train_seconds,
+        "job_seconds": job_seconds,
         "train_images_per_rank": timing["train_images"].min(),
         "train_images_total": timing["train_images"].sum() * result["epochs"],
-        **communication(result, timing),
+        **steps(result, timing),
+        **communication(timing),
         "fit_flops": model.fit_flops(timing["train_images"].sum(), column(timing, "validation_images").sum())
         * result["epochs"],
         "cpu_seconds": timing["cpu_seconds"].sum(),
         "rank_peak_rss_mib": timing["peak_rss_mib"].max(),
-        "train_job_max_rss_mib": jobs[0][1],
+        "train_job_max_rss_mib": memory,
     }
 
 
@@ -95,40 +111,36 @@ def column(timing, name):
     return timing[name].fillna(0) if name in timing else pd.Series(0, index=timing.index)
 
 
-def communication(result, timing):
-    """Steps and averagings per epoch, and what each rank sent: none for methods whose ranks never talk while
-    training (their members' steps are ceil(images / batch)); the sequential run has no averagings to count."""
-    steps = result.get("steps_per_epoch") or math.ceil(timing["train_images"].min() / result["batch_size"])
-    averagings = result.get("averagings_per_epoch", math.nan if result["method"] == "sequential" else 0)
-    return {"steps_per_epoch": steps, "averagings_per_epoch": averagings,
-            "allreduces_per_rank": int(column(timing, "allreduce_count").max()),
+def steps(result, timing):
+    """How each rank's model learned: the images in one of its optimizer updates (the largest part of a global
+    batch for data-parallel training), the images all ranks take per step together, the updates per epoch and in
+    all, and the averagings of the ranks' weights per epoch (none for the methods whose ranks never talk; the
+    sequential run has none to count)."""
+    batch = result["batch_size"]
+    per_epoch = result.get("steps_per_epoch") or math.ceil(timing["train_images"].min() / batch)
+    per_rank = result.get("batch_per_rank") or batch
+    return {"batch_per_rank": per_rank, "global_batch": result.get("global_batch") or batch * result["ranks"],
+            "steps_per_epoch": per_epoch, "updates_per_rank": per_epoch * result["epochs"],
+            "averagings_per_epoch": result.get("averagings_per_epoch",
+                                               math.nan if result["method"] == "sequential" else 0)}
+
+
+def communication(timing):
+    """What each rank sent through Allreduce: calls, payload bytes, the bytes on the wire between nodes (MPICH's
+    algorithm, network.wire_bytes) and the seconds inside the calls; the busiest rank's."""
+    return {"allreduces_per_rank": int(column(timing, "allreduce_count").max()),
             "allreduce_bytes_per_rank": int(column(timing, "allreduce_bytes").max()),
+            "wire_bytes_per_rank": float(column(timing, "allreduce_wire_bytes").max()),
             "allreduce_seconds_max": column(timing, "allreduce_seconds").max()}
 
 
 def clean_timings(frame):
-    """`frame` with the timing columns of resumed jobs emptied: partial times never pass for clean ones."""
+    """`frame` with the partial columns of resumed jobs emptied: part of a run's time never passes for all of it."""
     out = frame.copy()
     resumed = out["resumed_from_epoch"] > 0
-    for column in TIMING:
-        if column in out:
-            out[column] = out[column].astype(float).mask(resumed)
-    return out
-
-
-def add_relative_columns(frame):
-    """The paper's metric against the all-threads baseline it ran; speed-ups against the honest 1-thread baseline,
-    per core used. A row's baselines are the sequential runs of its seed (a resumed baseline gives none)."""
-    seq = clean_timings(frame[frame["method"] == "sequential"])
-    base_all = seq[seq["threads"].astype(str) == "all"].set_index("seed")
-    base_one = seq[seq["threads"].astype(str) == "1"].set_index("seed")
-    out = frame.copy()
-    all_fit = out["seed"].map(base_all["fit_seconds_mean"]) if len(base_all) else math.nan
-    out["time_decrease_pct"] = (100.0 * (1.0 - out["fit_seconds_mean"] / all_fit)).where(out["method"] != "sequential")
-    one = base_one.reindex(out["seed"]) if len(base_one) else None
-    out["speedup"] = one["fit_seconds_max"].to_numpy() / out["fit_seconds_max"] if one is not None else math.nan
-    out["efficiency"] = out["speedup"] / out["cores_used"]
-    out["job_speedup"] = one["job_seconds"].to_numpy() / out["job_seconds"] if one is not None else math.nan
+    for name in methods.PARTIAL_WHEN_RESUMED:
+        if name in out:
+            out[name] = out[name].astype(float).mask(resumed)
     return out
 
 
@@ -144,10 +156,30 @@ def add_throughput_columns(frame):
     return out
 
 
+def add_relative_columns(frame):
+    """The paper's metric against the all-threads baseline it ran; the speed-ups against the honest 1-thread
+    baseline; efficiency as training images per second per core used against that baseline's, so a method that
+    trains on less data (single_shard) is judged by the work it did. A row's baselines are the sequential runs of
+    its seed; a resumed one gives none."""
+    seq = frame[(frame["method"] == "sequential") & (frame["resumed_from_epoch"] == 0)]
+    base_all = seq[seq["threads"].astype(str) == "all"].set_index("seed")
+    base_one = seq[seq["threads"].astype(str) == "1"].set_index("seed")
+    out = frame.copy()
+    all_fit = out["seed"].map(base_all["fit_seconds_mean"]) if len(base_all) else math.nan
+    out["time_decrease_pct"] = (100.0 * (1.0 - out["fit_seconds_mean"] / all_fit)).where(out["method"] != "sequential")
+    one = base_one.reindex(out["seed"]) if len(base_one) else None
+    nan = pd.Series(math.nan, index=out.index)
+    out["speedup"] = one["fit_seconds_max"].to_numpy() / out["fit_seconds_max"] if one is not None else nan
+    out["efficiency"] = (out["images_per_second_per_core"] / one["images_per_second_per_core"].to_numpy()
+                         if one is not None else nan)
+    out["job_speedup"] = one["job_seconds"].to_numpy() / out["job_seconds"] if one is not None else nan
+    return out
+
+
 def summary_table(results):
     """`results`: (result record, [benchmark paths]) pairs -> summary.csv's rows, sorted."""
     frame = pd.DataFrame([summary_row(result, benches) for result, benches in results])
-    frame = add_throughput_columns(add_relative_columns(frame))
+    frame = clean_timings(add_relative_columns(add_throughput_columns(frame)))
     frame["sequential_first"] = frame["method"] != "sequential"
     frame["threads_key"] = frame["threads"].astype(str)
     frame["period_key"] = frame["period"].astype(str)
@@ -156,14 +188,16 @@ def summary_table(results):
 
 
 def rank_times(results):
-    """One row per training process: its fit() time, by method, world size and seed."""
-    rows = [{"method": r["method"], "ranks": r["ranks"], "seed": r["seed"], "oversubscribed": r["oversubscribed"],
-             "rank": t["rank"], "fit_seconds": t["fit_seconds"], "host": t.get("host"),
-             "resumed_from_epoch": int(r.get("resumed_from_epoch") or 0)}  # the job: its phase time is partial
-            for r, _ in results if r["method"] in ("sequential", "ensemble_majority", "data_parallel")
+    """One row per training process: its fit() time, by method, world size and seed (empty for a resumed job,
+    whose time covers part of its training)."""
+    rows = [{"method": r["method"], "ranks": r["ranks"], "period": r.get("period"), "threads": r["threads"],
+             "seed": r["seed"], "oversubscribed": r["oversubscribed"],
+             "rank": t["rank"], "fit_seconds": None if r.get("resumed_from_epoch") else t["fit_seconds"],
+             "host": t.get("host"), "resumed_from_epoch": int(r.get("resumed_from_epoch") or 0)}
+            for r, _ in results if methods.method(r["method"]).made_of in ("own", "together")
+            or r["method"] == "ensemble_majority"
             for t in r["rank_timing"]]
-    return pd.DataFrame(rows, columns=["method", "ranks", "seed", "oversubscribed", "rank", "fit_seconds", "host",
-                                       "resumed_from_epoch"])
+    return pd.DataFrame(rows, columns=RANK_TIMES_COLUMNS)
 
 
 # --- statistics over seeds ------------------------------------------------------------------------------------
@@ -194,7 +228,7 @@ def exceeds_spread(diff, sd_a, sd_b):
 
 def seed_count(column):
     """The stats column that counts the seeds behind a metric: resumed jobs give accuracies, not timings."""
-    return "n_timed" if any(column.startswith(t) for t in TIMING) else "n_seeds"
+    return "n_timed" if any(column.startswith(t) for t in methods.PARTIAL_WHEN_RESUMED) else "n_seeds"
 
 
 def differences(stats):
@@ -387,10 +421,14 @@ def method_page(summary, method, inputs=""):
 # --- the stage's entry points ---------------------------------------------------------------------------------
 
 
-def summarize(results, paper_path, workflow_cores, outputs):
-    """`results`: (result path, [benchmark paths]) pairs. Writes summary, statistics, differences, comparison,
-    rank times and provenance to the paths in `outputs`; returns the verdict on the seed spread."""
-    loaded = [(atomic.read_json(path), benches) for path, benches in results]
+def summarize(result_paths, paper_path, workflow_cores, outputs, root="results"):
+    """Writes summary, statistics, differences, comparison, rank times and provenance of the results (result.json
+    paths; the benchmarks of their jobs are where the method declaration puts them under `root`) to the paths in
+    `outputs`; returns the verdict on the seed spread."""
+    loaded = []
+    for path in result_paths:
+        result = atomic.read_json(path)
+        loaded.append((result, methods.benchmarks(methods.run_of(result), root)))
     summary = summary_table(loaded)
     stats = group_stats(summary)
     diffs = differences(stats)

@@ -4,9 +4,9 @@
 history and saves the next checkpoint. A trainer only says how one epoch is trained (its step):
 
 - `KerasEpochs`: one Keras fit() call per epoch on this process's shard, then its validation part: the sequential
-  baseline and the ensemble's members; with `averaging` (allreduce.WeightAveraging) also local SGD, whose ranks
+  baseline and the ensemble's members; with `averaging` (local_sgd.WeightAveraging) also local SGD, whose ranks
   average their weights every k steps, and one-shot averaging from a shared start;
-- `allreduce.DataParallelEpochs`: synchronous data-parallel training, gradients allreduced every step.
+- `data_parallel.DataParallelEpochs`: synchronous data-parallel training, gradients allreduced every step.
 
 Timing is the same for every method: `fit_seconds` adds up the epochs' training and validation, and nothing else
 (not the checkpoint writes, not the wait for the other ranks before an epoch starts).
@@ -21,9 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from . import allreduce, atomic, checkpoint, data, metrics, model, records, runtime
-
-CLASSES = 10
+from . import atomic, checkpoint, collective, data, data_parallel, local_sgd, metrics, model, records, runtime
+from .model import CLASSES
 # Train steps per call into the compiled graph: the same batches and updates, fewer Python round trips.
 STEPS_PER_EXECUTION = 16
 
@@ -154,12 +153,16 @@ def fingerprint(keras, method, ranks, rank, seed, settings, shard, x, y):
 
 
 def environment(threads):
-    """What else decides the bits of every step (thread count, kernels, TensorFlow, the CPU's instruction set): a
-    checkpoint made elsewhere still resumes, but the record then says the result is not bitwise the uncut one's."""
+    """What else decides the bits of every step: the threads (and the cores behind `all`), the kernel choice and
+    every variable that steers it (ONEDNN_MAX_CPU_ISA, ONEDNN_DEFAULT_FPMATH_MODE, ...), TensorFlow, the CPU and its
+    instruction set, the MPI library (its reduction order). A checkpoint made elsewhere still resumes, but the
+    record then says the result is not bitwise the uncut one's."""
     kernels = runtime.kernel_settings()
-    return {"threads": "all" if threads is None else threads, "cpu_tuning": kernels["cpu_tuning"],
-            "onednn": kernels["onednn"], "tensorflow": records.package_versions().get("tensorflow-cpu")
-            or records.package_versions().get("tensorflow"), "isa_flags": records.isa_flags()}
+    versions = records.package_versions()
+    return {"threads": "all" if threads is None else threads, "cores": runtime.available_cores(),
+            "cpu_tuning": kernels["cpu_tuning"], "onednn": kernels["onednn"], "kernel_env": kernels["env"],
+            "tensorflow": versions.get("tensorflow-cpu") or versions.get("tensorflow"),
+            "cpu_model": records.cpu_model(), "isa_flags": records.isa_flags(), "mpi_library": records.mpi_library()}
 
 
 def checkpoint_store(folder, rank, fp, env, keep=1):
@@ -222,7 +225,7 @@ def run_epochs(step, settings, store=None, label="sequential rank 0/1", rank=0):
 class KerasEpochs:
     """The epoch step of a process that trains on its own images (the sequential run, an ensemble member, a local
     SGD rank): one fit() call on x[:cut] in epoch_order(seed, rank, epoch), then evaluate() on x[cut:], Keras'
-    validation_split cut. `averaging` (allreduce.WeightAveraging) averages the weights across the ranks."""
+    validation_split cut. `averaging` (local_sgd.WeightAveraging) averages the weights across the ranks."""
 
     def __init__(self, keras, net, x, y, settings, seed, rank, averaging=None, callbacks=()):
         self.keras, self.net, self.x, self.y = keras, net, x, y
@@ -329,7 +332,7 @@ def train_sequential(arrays, model_path, result_path, threads, seed, settings, j
     """The baseline: one process, the whole training set; its result is scored on the test set."""
     started = time.perf_counter()
     threads = runtime.parse_threads(threads)
-    runtime.bind_self(threads)
+    runtime.bind_self(threads or job_cores)  # `all` is every core of the job, not of the machine
     keras = runtime.import_keras(threads, settings["precision"])
     x, y = data.load_arrays(arrays["train_x"], arrays["train_y"])
     store = checkpoint_store(checkpoints, 0, fingerprint(keras, "sequential", 1, 0, seed, settings, [0, len(x)], x, y),
@@ -339,9 +342,10 @@ def train_sequential(arrays, model_path, result_path, threads, seed, settings, j
     if history_path:
         write_history(history_path, facts)
     facts.pop("history_rows", None)
-    scores = test_metrics(net, arrays)
+    # Measured over the span every method's record covers, start to saved model: before scoring the test set.
     record = records.rank_record("sequential", 0, 1, seed, settings, threads, job_cores, started, facts,
                                  shard=[0, len(x)], weights_sha256=weights_sha256(net.get_weights()))
+    scores = test_metrics(net, arrays)
     atomic.write_json(result_path, records.result_record("sequential", [record], scores))
     if store:
         store.remove()
@@ -404,6 +408,10 @@ def train_mpi_ranks(arrays, out_dir, threads, seed, settings, job_cores, checkpo
     job.report(facts, f"shard [{start}, {stop}), weights {checksum}")
 
 
+# What a job whose ranks train one model says of its steps, for its result (summarize's steps columns).
+STEP_FACTS = ("steps_per_epoch", "averagings_per_epoch", "batch_per_rank", "global_batch")
+
+
 def finish_shared_model(job, net, facts, seed, settings, arrays, out_dir, method, shard, store, **extra):
     """The end of a job whose ranks hold one model (data-parallel, local SGD): every rank writes its record, the
     replicas must agree, and rank 0 saves, scores and writes the history and the result."""
@@ -416,12 +424,12 @@ def finish_shared_model(job, net, facts, seed, settings, arrays, out_dir, method
     members = job.comm.gather(record, root=0)
     job.report(facts, f"weights {checksum}")
     if job.rank == 0:
-        allreduce.check_identical(checksums)
+        collective.check_identical(checksums)
         save_model(net, out / "model.keras")
         atomic.write_text(out / "history.csv", history_csv(rows))
+        steps = {k: facts[k] for k in STEP_FACTS if k in facts}
         result = records.result_record(method, members, test_metrics(net, arrays), weights_identical=True,
-                                       steps_per_epoch=facts["steps_per_epoch"],
-                                       averagings_per_epoch=facts["averagings_per_epoch"], **extra)
+                                       **steps, **extra)
         atomic.write_json(out / "result.json", result)
         print(f"{method} ranks={job.size} seed={seed}: accuracy {result['metrics']['accuracy']:.4f}, "
               f"{facts['steps_per_epoch']} steps/epoch, {facts['averagings_per_epoch']:g} averagings/epoch, "
@@ -438,7 +446,8 @@ def train_data_parallel(arrays, out_dir, threads, seed, settings, job_cores, che
     x, y = data.load_arrays(arrays["train_x"], arrays["train_y"])
     store = job.store(checkpoints, seed, settings, [0, len(x)], x, y) if job.rank == 0 else None
     net = initial_model(job.keras, seed, 0, x.shape[1:], settings)
-    step = allreduce.DataParallelEpochs(job.keras, net, job.comm, x, y, settings, seed)
+    step = data_parallel.DataParallelEpochs(job.keras, net, job.comm, x, y, settings, seed,
+                                            environment(job.threads))
     facts = run_epochs(step, settings, store, job.label, job.rank)
     finish_shared_model(job, net, facts, seed, settings, arrays, out_dir, "data_parallel", [0, len(x)], store)
 
@@ -454,12 +463,12 @@ def train_local_sgd(arrays, out_dir, threads, seed, settings, period, job_cores,
     start, stop = data.shard_range(n_train, job.size, job.rank)
     x, y = data.load_arrays(arrays["train_x"], arrays["train_y"], start, stop)
     store = job.store(checkpoints, seed, {**settings, "period": period}, [start, stop], x, y, keep=2)
-    common = allreduce.common_steps(n_train, job.size, settings)
+    common = local_sgd.common_steps(n_train, job.size, settings)
     every = period if isinstance(period, int) else None
     # Keras calls back after each call into the graph: its steps must divide the averaging period.
     spe = int(np.gcd(every, STEPS_PER_EXECUTION)) if every else STEPS_PER_EXECUTION
     net = initial_model(job.keras, seed, 0, x.shape[1:], {**settings, "steps_per_execution": spe})
-    averaging = allreduce.WeightAveraging(job.comm, every, common, period)
+    averaging = local_sgd.WeightAveraging(job.comm, every, common, period)
     step = KerasEpochs(job.keras, net, x, y, settings, seed, job.rank, averaging=averaging)
     facts = run_epochs(step, settings, store, job.label, job.rank)
     finish_shared_model(job, net, facts, seed, settings, arrays, out_dir, method, [start, stop], store,

@@ -95,10 +95,10 @@ def install_if_asked():
     """Wrap the training code of this process (before the job's code runs), if a variable above names a rank."""
     if not any(os.environ.get(name) for name in (CRASH_ENV, HOLD_ENV, DIVERGE_ENV, SLOW_CHECKPOINT_ENV)):
         return
-    from mpi_ensemble import allreduce, checkpoint, training
+    from mpi_ensemble import checkpoint, data_parallel, training
 
-    for step in (training.KerasEpochs, allreduce.DataParallelEpochs):
+    for step in (training.KerasEpochs, data_parallel.DataParallelEpochs):
         step.train_epoch = with_hooks(step.train_epoch)
-    allreduce.DataParallelEpochs.global_gradient = diverging(allreduce.DataParallelEpochs.global_gradient)
+    data_parallel.DataParallelEpochs.global_gradient = diverging(data_parallel.DataParallelEpochs.global_gradient)
     if os.environ.get(SLOW_CHECKPOINT_ENV):
         checkpoint.Store.put = slow(checkpoint.Store.put)

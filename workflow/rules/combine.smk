@@ -1,3 +1,11 @@
+# The combine jobs read the ensemble's saved members (results/models/ranks{N}/seed{S}); what each writes, and for
+# which methods, comes from the method declaration (methods.METHODS: a method's `combine` jobs). Voting, averaging
+# and scoring are seconds of work, not worth a queue wait: under a cluster executor they run beside Snakemake.
+
+VOTES = [m.name for m in methods.METHODS if m.combine[-1:] == ("vote_variants",)]
+AVERAGES = [m.name for m in methods.METHODS if m.combine[-1:] == ("weight_average",)]
+
+
 rule ensemble:
     """Majority vote over the N saved models of one MPI job (ties go to the lowest class, as in the paper)."""
     input:
@@ -5,19 +13,20 @@ rule ensemble:
         test_x=ARRAYS["test_x"],
         test_y=ARRAYS["test_y"],
     output:
-        result="results/ensemble_majority/ranks{ranks}/seed{seed}/result.json",
-        probabilities="results/ensemble_majority/ranks{ranks}/seed{seed}/probabilities.npy",
+        result=f"{pattern('ensemble_majority')}/result.json",
+        probabilities=f"{pattern('ensemble_majority')}/probabilities.npy",
     log:
-        "logs/ensemble/ranks{ranks}/seed{seed}.log",
+        log_pattern("ensemble", "ensemble_majority"),
     benchmark:
-        "results/benchmarks/ensemble/ranks{ranks}_seed{seed}.tsv"
+        benchmark_pattern("ensemble", "ensemble_majority")
     wildcard_constraints:
         ranks=r"\d+",
         seed=r"\d+",
+    localrule: True
     conda:
         "../../envs/train.yaml"
     shell:
-        "python -m mpi_ensemble ensemble --models {input.models} --records {input.records} "
+        f"{CLI} ensemble --models {{input.models}} --records {{input.records}} "
         "--test-x {input.test_x} --test-y {input.test_y} "
         "--result {output.result} --probabilities {output.probabilities} > {log} 2>&1"
 
@@ -26,24 +35,25 @@ rule vote_variants:
     """Soft vote and majority with confidence tie-break over the same N members, from their saved softmax."""
     input:
         records=lambda wc: rank_files(wc)["records"],
-        probabilities="results/ensemble_majority/ranks{ranks}/seed{seed}/probabilities.npy",
+        probabilities=rules.ensemble.output.probabilities,
         test_y=ARRAYS["test_y"],
     output:
-        **{v: f"results/{v}/ranks{{ranks}}/seed{{seed}}/result.json" for v in VOTE_VARIANTS},
+        **{name: f"{pattern(name)}/result.json" for name in VOTES},
     log:
-        "logs/vote_variants/ranks{ranks}/seed{seed}.log",
+        log_pattern("vote_variants", "ensemble_majority"),
     benchmark:
-        "results/benchmarks/vote_variants/ranks{ranks}_seed{seed}.tsv"
+        benchmark_pattern("vote_variants", "ensemble_majority")
     wildcard_constraints:
         ranks=r"\d+",
         seed=r"\d+",
+    localrule: True
     conda:
-        "../../envs/summarize.yaml"
+        "../../envs/train.yaml"
+    params:
+        results=lambda wc, output: " ".join(f"--result {name}={output[name]}" for name in VOTES),
     shell:
-        "python -m mpi_ensemble vote_variants --probabilities {input.probabilities} "
-        "--records {input.records} --test-y {input.test_y} "
-        "--ensemble_soft {output.ensemble_soft} "
-        "--ensemble_majority_tiebreak {output.ensemble_majority_tiebreak} > {log} 2>&1"
+        f"{CLI} vote_variants --probabilities {{input.probabilities}} "
+        "--records {input.records} --test-y {input.test_y} {params.results} > {log} 2>&1"
 
 
 rule weight_average:
@@ -52,50 +62,50 @@ rule weight_average:
     """
     input:
         unpack(rank_files),
-        probabilities="results/ensemble_majority/ranks{ranks}/seed{seed}/probabilities.npy",
+        probabilities=rules.ensemble.output.probabilities,
         test_x=ARRAYS["test_x"],
         test_y=ARRAYS["test_y"],
     output:
-        **{
-            f"{method}_{kind}": f"results/{method}/ranks{{ranks}}/seed{{seed}}/{name}"
-            for method in WEIGHT_AVERAGES
-            for kind, name in (("model", "model.keras"), ("result", "result.json"))
-        },
+        models=[f"{pattern(name)}/model.keras" for name in AVERAGES],
+        results=[f"{pattern(name)}/result.json" for name in AVERAGES],
     log:
-        "logs/weight_average/ranks{ranks}/seed{seed}.log",
+        log_pattern("weight_average", "ensemble_majority"),
     benchmark:
-        "results/benchmarks/weight_average/ranks{ranks}_seed{seed}.tsv"
+        benchmark_pattern("weight_average", "ensemble_majority")
     wildcard_constraints:
         ranks=r"\d+",
         seed=r"\d+",
+    localrule: True
     conda:
         "../../envs/train.yaml"
+    params:
+        methods=AVERAGES,
     shell:
-        "python -m mpi_ensemble weight_average --models {input.models} --records {input.records} "
+        f"{CLI} weight_average --models {{input.models}} --records {{input.records}} "
         "--probabilities {input.probabilities} --test-x {input.test_x} --test-y {input.test_y} "
-        "--weight_average_by_test_model {output.weight_average_by_test_model} "
-        "--weight_average_by_test_result {output.weight_average_by_test_result} "
-        "--weight_average_by_validation_model {output.weight_average_by_validation_model} "
-        "--weight_average_by_validation_result {output.weight_average_by_validation_result} > {log} 2>&1"
+        "--methods {params.methods} --out-models {output.models} --out-results {output.results} "
+        "> {log} 2>&1"
 
 
 rule single_shard:
-    """Rank 0's model alone: one model trained on 1/N of the data in the wall time of one rank."""
+    """Rank 0's model alone: one model trained on 1/N of the data by one rank, scored in a job of its own."""
     input:
-        probabilities="results/ensemble_majority/ranks{ranks}/seed{seed}/probabilities.npy",
-        rank0_record="results/models/ranks{ranks}/seed{seed}/rank0.json",
+        model=f"{methods.members_folder('{ranks}', '{seed}')}/rank0.keras",
+        rank0_record=f"{methods.members_folder('{ranks}', '{seed}')}/rank0.json",
+        test_x=ARRAYS["test_x"],
         test_y=ARRAYS["test_y"],
     output:
-        result="results/single_shard/ranks{ranks}/seed{seed}/result.json",
+        result=f"{pattern('single_shard')}/result.json",
     log:
-        "logs/single_shard/ranks{ranks}/seed{seed}.log",
+        log_pattern("single_shard", "single_shard"),
     benchmark:
-        "results/benchmarks/single_shard/ranks{ranks}_seed{seed}.tsv"
+        benchmark_pattern("single_shard", "single_shard")
     wildcard_constraints:
         ranks=r"\d+",
         seed=r"\d+",
+    localrule: True
     conda:
-        "../../envs/summarize.yaml"
+        "../../envs/train.yaml"
     shell:
-        "python -m mpi_ensemble single_shard --probabilities {input.probabilities} "
-        "--rank0-record {input.rank0_record} --test-y {input.test_y} --result {output.result} > {log} 2>&1"
+        f"{CLI} single_shard --model {{input.model}} --rank0-record {{input.rank0_record}} "
+        "--test-x {input.test_x} --test-y {input.test_y} --result {output.result} > {log} 2>&1"

@@ -1,19 +1,20 @@
-import ast
+import dataclasses
 import json
 import os
 import re
+import shlex
 import sys
 from pathlib import Path
 
 import git
-import yaml
 from snakemake.exceptions import WorkflowError
 from snakemake.logging import logger
 from snakemake.settings.types import DeploymentMethod
 from snakemake.sourcecache import HostingProviderFile, LocalGitFile, LocalSourceFile
 from snakemake.utils import min_version, validate
 
-min_version("9.0")
+# get_path_or_uri(secret_free=...) needs 9.13.5, a git module's hosted_repo and fetch_if_required 9.14.8.
+min_version("9.14.8")
 
 
 # --- configuration: read, checked, refused before any job ------------------------------------------------------
@@ -40,59 +41,16 @@ def coerce_cli_lists(cfg):
 coerce_cli_lists(config)
 validate(config, schema="../schemas/config.schema.yaml")
 
-# This workflow's own folder (workflow/rules), local or on a git host; not the working directory, which holds
-# the results, nor workflow.basedir, which is the user's Snakefile's folder when this workflow is a module.
-RULES_DIR = workflow.current_basedir
-
-
-def own_file(rel, binary=False):
-    """A file of this workflow's repository, `rel` to workflow/rules: the file itself in a local copy, else
-    Snakemake's cached copy (a module from a git host), or for a binary file our own (git_copy); None where
-    there is no such file."""
-    if isinstance(RULES_DIR, LocalSourceFile):
-        path = os.path.normpath(os.path.join(RULES_DIR.get_path_or_uri(secret_free=True), rel))
-        return path if os.path.isfile(path) else None
-    try:
-        return git_copy(rel) if binary else workflow.source_path(rel)
-    except Exception:  # whatever the host or git answers for a missing file
-        return None
-
-
-def git_copy(rel):
-    """A binary file of a workflow read from git (github(...), gitlab(...), gitfile(...)), copied once into
-    resources/bundled/: Snakemake's source cache reads git files as text, which fails on binary ones.
-    """
-    source = RULES_DIR.join(rel)
-    dest = Path("resources", "bundled", source.path)
-    if not dest.exists():
-        if isinstance(source, LocalGitFile):
-            repo = git.Repo(source.repo_path)
-        else:
-            source.fetch_if_required()
-            repo = source.hosted_repo.repo
-        blob = repo.git.show(f"{source.ref}:{source.path}", stdout_as_string=False)
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        dest.with_suffix(".part").write_bytes(blob)
-        dest.with_suffix(".part").rename(dest)
-    return str(dest)
-
-
 INSTALL_HINT = (
     "Install it into the Python that runs Snakemake: `make venv` in a clone (then run .venv/bin/snakemake), "
-    "or `pip install -r envs/requirements.txt` plus the workflow itself, its folder or git URL (README.md, "
-    '"Deploy in your own project").'
+    "or `pip install -r envs/requirements.txt` plus the workflow itself, its folder or git URL "
+    "(docs/deploy.md)."
 )
 try:
-    from mpi_ensemble import __version__, data, runtime
+    from mpi_ensemble import __version__, data, methods, runtime
 except ImportError as err:
     raise WorkflowError(
         f"The package mpi_ensemble is not importable by {sys.executable}: {err}. {INSTALL_HINT}"
-    )
-INIT = Path(own_file("../../src/mpi_ensemble/__init__.py")).read_text()
-VERSION = re.search(r'__version__ = "(.+)"', INIT)[1]
-if __version__ != VERSION:
-    raise WorkflowError(
-        f"mpi_ensemble {__version__} is installed, this workflow is {VERSION}. {INSTALL_HINT}"
     )
 
 
@@ -120,10 +78,7 @@ CONTROL_RANKS = {
     "cores": [n for n in RANKS if n <= CORES],
     "none": [],
 }[config["control_ranks"]]
-# Those that need two members or ranks: one-shot averages, the single-shard control, and the methods whose ranks
-# talk while they train (data-parallel at N = 1 would be the sequential run with a hand-written loop).
-SHARD_RANKS = [n for n in CONTROL_RANKS if n > 1]
-# Local SGD's averaging periods (local steps between two averagings, or "epoch"), run where the shard controls run.
+# Local SGD's averaging periods (local steps between two averagings, or "epoch").
 PERIODS = [str(k) for k in config["local_sgd_periods"]]
 refuse(
     data.check_shards,
@@ -131,15 +86,6 @@ refuse(
     data.train_count(DATASET, config["max_train_images"]),
     config["validation_split"],
 )
-# Where fetch_data copies from: data_dir, else the copy bundled with the workflow, else (None) the mirrors.
-BUNDLED = [own_file(f"../../data/{DATASET}/{name}", binary=True) for name in FILES]
-if config["data_dir"] or all(BUNDLED):
-    DATA_SOURCE = refuse(
-        data.data_source, config["data_dir"], os.path.dirname(BUNDLED[0] or "."), FILES
-    )
-else:
-    DATA_SOURCE = None
-PAPER = own_file("../../paper/reported_results.csv")
 
 
 def threads_per_rank(n):
@@ -155,14 +101,82 @@ if OVERSUBSCRIBED:
     )
 
 
-# --- how jobs run: the installed package, the launcher of MPI jobs --------------------------------------------
+# --- this workflow's own files: a local copy, or a git repository read as a module ----------------------------
+
+# This workflow's own folder (workflow/rules), local or in git; not the working directory, which holds the
+# results, nor workflow.basedir, which is the user's Snakefile's folder when this workflow is a module.
+RULES_DIR = workflow.current_basedir
+IN_GIT = isinstance(RULES_DIR, (LocalGitFile, HostingProviderFile))
+
+
+def git_blob(rel):
+    """(repository, ref, path in it) of a file of this workflow read from git, or None where that commit has no
+    such file."""
+    source = RULES_DIR.join(rel)
+    if isinstance(source, LocalGitFile):
+        repo = git.Repo(source.repo_path)
+    else:
+        source.fetch_if_required()
+        repo = source.hosted_repo.repo
+    try:
+        repo.git.cat_file("-e", f"{source.ref}:{source.path}")
+    except git.GitCommandError:  # exit status 1: no such file at that commit
+        return None
+    return repo, source.ref, source.path
+
+
+# Files of a workflow read from git that rule unpack_bundled copies under resources/bundled/, so that no job
+# reads Snakemake's per-run source cache: {output path: (git folder, ref, path)}.
+GIT_FILES = {}
+
+
+def own_file(rel):
+    """A file of this workflow's repository, `rel` to workflow/rules: the file itself in a local copy; from git,
+    its path under resources/bundled/ (rule unpack_bundled). None where there is no such file."""
+    if not IN_GIT:
+        path = os.path.normpath(os.path.join(RULES_DIR.get_path_or_uri(secret_free=True), rel))
+        return path if os.path.isfile(path) else None
+    found = git_blob(rel)
+    if found is None:
+        return None
+    repo, ref, path = found
+    GIT_FILES[f"resources/bundled/{path}"] = (repo.git_dir, ref, path)
+    return f"resources/bundled/{path}"
+
+
+def own_text(rel):
+    """The text of a file of this workflow's repository, read where it is (nothing is written)."""
+    if not IN_GIT:
+        return Path(own_file(rel)).read_text()
+    repo, ref, path = git_blob(rel)
+    return repo.git.show(f"{ref}:{path}")
+
+
+VERSION = re.search(r'__version__ = "(.+)"', own_text("../../src/mpi_ensemble/__init__.py"))[1]
+if __version__ != VERSION:
+    raise WorkflowError(
+        f"mpi_ensemble {__version__} is installed, this workflow is {VERSION}. {INSTALL_HINT}"
+    )
+BUNDLED = [own_file(f"../../data/{DATASET}/{name}") for name in FILES]
+# Where fetch_data copies from: data_dir, else the copy bundled with the workflow, else (None) the mirrors.
+DATA_SOURCE = refuse(data.data_source, config["data_dir"], BUNDLED, FILES)
+PAPER = own_file("../../paper/reported_results.csv")
+
+
+# --- how jobs run: the interpreter, the launcher of MPI jobs --------------------------------------------------
+
+# Without conda, the interpreter and mpiexec of the environment that runs Snakemake (the project's .venv, where
+# `make venv` installed the package) serve the jobs, named by their full paths. With --sdm conda each rule's env
+# provides them: its post-deploy script installs the package (from MPI_ENSEMBLE_SOURCE), and the launcher is
+# found when the job runs, on the PATH conda gives it, the MPI being the one envs/train.yaml installs.
+USING_CONDA = DeploymentMethod.CONDA in workflow.deployment_settings.deployment_method
 
 
 def package_source():
-    """pip's arguments for this workflow's package, from where Snakemake read the workflow: the local copy
-    (editable), or the git host's tag, branch or commit."""
+    """pip's arguments for this workflow's package, from where Snakemake read the workflow: the local copy, or
+    the git host's tag, branch or commit."""
     if isinstance(RULES_DIR, LocalSourceFile):
-        return f"-e {Path(RULES_DIR.get_path_or_uri(secret_free=True)).parents[1]}"
+        return str(Path(RULES_DIR.get_path_or_uri(secret_free=True)).parents[1])
     if isinstance(RULES_DIR, HostingProviderFile):
         return f"git+https://{RULES_DIR.host}/{RULES_DIR.repo}@{RULES_DIR.ref}"
     raise WorkflowError(
@@ -170,61 +184,62 @@ def package_source():
     )
 
 
-# Without conda, the interpreter and mpiexec of the environment that runs Snakemake (the project's .venv, where
-# `make venv` installed the package) serve the jobs too. With --sdm conda each rule's env provides them: its
-# post-deploy script installs the package (from MPI_ENSEMBLE_SOURCE), and the launcher is found when the job
-# runs, on the PATH conda gives it, the MPI being the one envs/train.yaml installs.
-USING_CONDA = DeploymentMethod.CONDA in workflow.deployment_settings.deployment_method
 if USING_CONDA:
     os.environ.update(MPI_ENSEMBLE_SOURCE=package_source())  # read by the post-deploy scripts
-    TRAIN_ENV = yaml.safe_load(Path(own_file("../../envs/train.yaml")).read_text())
-    LAUNCHER_AT = {"flavour": refuse(runtime.env_file_mpi, TRAIN_ENV)}
+    PYTHON = "python"
+    LAUNCHER_AT = {"flavour": "mpich"}  # envs/train.yaml installs MPICH (tests/test_deploy.py)
 else:
+    PYTHON = shlex.quote(sys.executable)
     VENV_BIN = str(Path(sys.executable).parent)
     LAUNCHER_AT = {
         "search_path": os.pathsep.join(p for p in (VENV_BIN, os.getenv("PATH", "")) if p)
     }
-    shell.prefix(f"export PATH={VENV_BIN}:$PATH; ")
+# The workflow's command line, `python -m mpi_ensemble RULE ...`.
+CLI = f"{PYTHON} -m mpi_ensemble"
+RANKS_PER_NODE = config["ranks_per_node"]
+LAUNCHER_NOTED = []
 
 
-def mpi_setting(key, fallback):
-    """`mpi_launcher` or `ranks_per_node` and where it came from: the config, unless null there; else the
-    default resource of that name, where the SLURM profile sets both (a --configfile of one's own, unlike a
-    profile's configfile, cannot drop it); else `fallback`."""
-    if config[key] is not None:
-        return config[key], "config"
-    for arg in getattr(workflow.resource_settings.default_resources, "args", None) or []:
-        name, _, value = arg.partition("=")
-        if name == key:
-            return refuse(ast.literal_eval, value), "the profile's default-resources"
-    return fallback, "default"
-
-
-MPI_LAUNCHER, LAUNCHER_FROM = mpi_setting("mpi_launcher", "mpiexec")
-RANKS_PER_NODE, PLACEMENT_FROM = mpi_setting("ranks_per_node", 0)
-logger.info(
-    f"MPI jobs: launcher `{MPI_LAUNCHER}` ({LAUNCHER_FROM}), "
-    f"ranks_per_node {RANKS_PER_NODE} ({PLACEMENT_FROM})"
-)
+def mpi_launcher():
+    """The launcher of every MPI job, chosen from the executor in use when the jobs are planned (the config's
+    mpi_launcher wins); said once, and loudly where it is not srun under SLURM."""
+    executor = workflow.executor_plugin.name if workflow.executor_plugin else None
+    launcher, why, warning = runtime.choose_launcher(config["mpi_launcher"], executor)
+    if not LAUNCHER_NOTED:
+        LAUNCHER_NOTED.append(launcher)
+        logger.info(f"MPI jobs: launcher `{launcher}` ({why}), ranks_per_node {RANKS_PER_NODE}")
+        if executor == "dryrun" and not config["mpi_launcher"]:
+            logger.info(
+                f"A dry run plans with the local launcher; the SLURM executor uses `{runtime.SLURM_LAUNCHER}`."
+            )
+        if warning:
+            logger.warning(f"WARNING: {warning}")
+    return launcher
 
 
 def mpi_resources(n):
-    """What every N-rank job asks of the executor: N tasks of k CPUs each (never N x threads), with the
-    launcher and placement that hold for every MPI rule (mpi_setting)."""
+    """What every N-rank job asks of the executor: N tasks of k CPUs each (never N x threads), placed as
+    ranks_per_node says, and the launcher as the `mpi` resource (empty for a 1-rank job under srun, which runs
+    as an MPI singleton)."""
     return {
-        "mpi": runtime.rank_launcher(MPI_LAUNCHER, n),
-        "tasks": n,
+        "mpi": lambda wildcards: runtime.rank_launcher(mpi_launcher(), n),
         "cpus_per_task": threads_per_rank(n),
         **refuse(runtime.placement, n, RANKS_PER_NODE),
     }
 
 
-def launch_prefix(wildcards, resources, threads):
+def launch_prefix(n):
     """`mpiexec -n N` with binding flags (binding only when the ranks fit on the job's cores), or the scheduler's
-    launcher named by the rule's `mpi` resource."""
-    n, per_rank = int(resources.tasks), int(resources.cpus_per_task)
-    bind = config["bind"] and not runtime.is_oversubscribed(n, per_rank, threads)
-    return " ".join(refuse(runtime.launch_prefix, resources.mpi, n, per_rank, bind, **LAUNCHER_AT))
+    launcher, for an N-rank job."""
+
+    def prefix(wildcards, resources, threads):
+        per_rank = int(resources.cpus_per_task)
+        bind = config["bind"] and not runtime.is_oversubscribed(n, per_rank, threads)
+        return " ".join(
+            refuse(runtime.launch_prefix, resources.mpi, n, per_rank, bind, **LAUNCHER_AT)
+        )
+
+    return prefix
 
 
 # --- inputs and the training settings every trainer gets -------------------------------------------------------
@@ -272,7 +287,7 @@ def mpi_shell(command, *extra):
         *extra,
     ]
     return (
-        "{{ python -m mpi_ensemble clean_shm && {params.launch} python -m mpi4py -m mpi_ensemble "
+        f"{{{{ {CLI} clean_shm && {{params.launch}} {PYTHON} -m mpi4py -m mpi_ensemble "
         + command
         + " "
         + " ".join(flags)
@@ -280,145 +295,78 @@ def mpi_shell(command, *extra):
     )
 
 
-# The test set, for the jobs whose rank 0 scores the model its ranks trained together.
-SCORED = "--test-x {input.test_x} --test-y {input.test_y}"
+def together_flags(method):
+    """The flags of a job whose N ranks train one model: the test set rank 0 scores it on, and local SGD's period.
+    (A function per rule: a rule body defined in a loop must not read the loop's variables, which change.)
+    """
+
+    def flags(wildcards, input):
+        period = f" --period {wildcards.period}" if method.periodic else ""
+        return f"--test-x {input.test_x} --test-y {input.test_y}{period}"
+
+    return flags
 
 
-def shared_model_outputs(folder, n):
-    """What a job whose N ranks train one model writes: the model, its result and history (rank 0's), and every
-    rank's record."""
-    job = f"{folder}/ranks{n}/seed{{seed}}"
-    return {
-        "model": f"{job}/model.keras",
-        "result": f"{job}/result.json",
-        "history": f"{job}/history.csv",
-        "records": [f"{job}/rank{r}.json" for r in range(n)],
-    }
+# --- what the run produces: every result of the config, by the method declaration ----------------------------
+
+RUNS = methods.runs(RANKS, CONTROL_RANKS, SEEDS, BASELINE_THREADS, PERIODS)
+# The declaration as the report captions read it.
+METHOD_FACTS = [dataclasses.asdict(m) for m in methods.METHODS]
+# The world sizes of the jobs whose ranks train one model together, and of the combine rules.
+TOGETHER_RANKS = sorted({r.ranks for r in RUNS if r.declared.made_of == "together"})
+
+
+def result_files():
+    return [methods.result_path(r) for r in RUNS]
+
+
+def benchmark_files():
+    return sorted({b for r in RUNS for b in methods.benchmarks(r)})
+
+
+def saved_models():
+    """Every saved model and rank record. They are results in their own right, so `all` asks for them:
+    Snakemake takes a deleted intermediate file for fine, and would neither retrain a deleted model nor
+    redo the ensemble and summary that used it."""
+    files = {p for r in RUNS for p in methods.model_paths(r) + methods.record_paths(r)}
+    return sorted(files)
+
+
+def histories():
+    """(label, history.csv) of every trained model, for the training-curves figure; the files of one label (an
+    ensemble's members, the seeds) are averaged."""
+    pairs = {(methods.curve_label(r), p) for r in RUNS for p in methods.history_paths(r)}
+    return sorted(pairs)
+
+
+def combine_runs(job):
+    """The (ranks, seed) pairs at which a combine job runs."""
+    return sorted({(r.ranks, r.seed) for r in RUNS if job in r.declared.combine})
 
 
 def rank_files(wildcards):
     """The saved members of one ensemble job and their rank records."""
+    folder = methods.members_folder(wildcards.ranks, wildcards.seed)
     members = range(int(wildcards.ranks))
-    folder = f"results/models/ranks{wildcards.ranks}/seed{wildcards.seed}"
     return {
         "models": [f"{folder}/rank{r}.keras" for r in members],
         "records": [f"{folder}/rank{r}.json" for r in members],
     }
 
 
-# --- what the run produces --------------------------------------------------------------------------------------
-
-VOTE_VARIANTS = ["ensemble_soft", "ensemble_majority_tiebreak"]
-WEIGHT_AVERAGES = ["weight_average_by_test", "weight_average_by_validation"]
-METHODS = [
-    "sequential",
-    "ensemble_majority",
-    *VOTE_VARIANTS,
-    *WEIGHT_AVERAGES,
-    "single_shard",
-    "data_parallel",
-    "weight_average_shared_start",
-    "local_sgd",
-]
+def wildcard_run(name, ranks="{ranks}"):
+    """A run of method `name` with Snakemake's wildcards for what the rule leaves open."""
+    return methods.Run(name, ranks, "{seed}", threads="{threads}", period="{period}")
 
 
-def method_results():
-    """Every result with the benchmarks of the jobs on its path, the training job first: what `job_seconds`
-    adds up (training plus the vote or the evaluation that produced the result)."""
-    out = []
-    for s in SEEDS:
-        for t in BASELINE_THREADS:
-            out.append(
-                (
-                    f"results/sequential/threads{t}/seed{s}/result.json",
-                    [f"results/benchmarks/train_sequential/threads{t}_seed{s}.tsv"],
-                )
-            )
-        for n in RANKS:
-            out += ensemble_results(n, s)
-    return out + [trained_together(*run) for run in together_runs()]
+def pattern(name, ranks="{ranks}"):
+    """A method's result folder with Snakemake's wildcards in it, from the method declaration."""
+    return methods.folder(wildcard_run(name, ranks))
 
 
-def ensemble_results(n, s):
-    """The results made of one ensemble job's members: the paper's vote, and at the control world sizes the
-    other vote rules, and with more than one member the one-shot weight averages and the single-shard control.
-    """
-    bench = lambda job: f"results/benchmarks/{job}/ranks{n}_seed{s}.tsv"
-    train, vote = bench("train_mpi"), bench("ensemble")
-    out = [(f"results/ensemble_majority/ranks{n}/seed{s}/result.json", [train, vote])]
-    if n not in CONTROL_RANKS:
-        return out
-    derived = [(v, bench("vote_variants")) for v in VOTE_VARIANTS]
-    if n in SHARD_RANKS:  # at N = 1 each would be the one member again
-        derived += [(w, bench("weight_average")) for w in WEIGHT_AVERAGES]
-        derived.append(("single_shard", bench("single_shard")))
-    return out + [
-        (f"results/{method}/ranks{n}/seed{s}/result.json", [train, vote, own])
-        for method, own in derived
-    ]
+def log_pattern(job, name, ranks="{ranks}"):
+    return f"logs/{job}/{methods.run_path(wildcard_run(name, ranks))}.log"
 
 
-def trained_together(method, n, s, period=None):
-    """The result of a job whose N ranks train one model, with its training job's benchmark."""
-    job = f"train_{method}/period{period}_" if period else f"train_{method}/"
-    return (
-        f"{together_folder(method, n, s, period)}/result.json",
-        [f"results/benchmarks/{job}ranks{n}_seed{s}.tsv"],
-    )
-
-
-def together_folder(method, n, s, period=None):
-    kind = f"{method}/period{period}" if period else method
-    return f"results/{kind}/ranks{n}/seed{s}"
-
-
-def together_runs():
-    """(method, N, seed, period) of every job whose N ranks train one model."""
-    runs = [("data_parallel", n, s, None) for s in SEEDS for n in SHARD_RANKS]
-    runs += [("weight_average_shared_start", n, s, None) for s in SEEDS for n in SHARD_RANKS]
-    return runs + [("local_sgd", n, s, k) for s in SEEDS for n in SHARD_RANKS for k in PERIODS]
-
-
-RESULTS = method_results()
-
-
-def saved_models():
-    """Every saved model and its record. They are results in their own right, so `all` asks for them:
-    Snakemake takes a deleted intermediate file for fine, and would neither retrain a deleted model nor
-    redo the ensemble and summary that used it."""
-    members = [
-        f"results/models/ranks{n}/seed{s}/rank{r}.{ext}"
-        for n in RANKS
-        for s in SEEDS
-        for r in range(n)
-        for ext in ("keras", "json")
-    ]
-    baselines = expand(
-        "results/sequential/threads{threads}/seed{seed}/model.keras",
-        threads=BASELINE_THREADS,
-        seed=SEEDS,
-    )
-    return members + baselines
-
-
-def histories():
-    """(label, history.csv) of every trained model, for the training-curves figure; an ensemble's members (and
-    every label's seeds) share a label and are averaged."""
-    out = []
-    for s in SEEDS:
-        out += [
-            (f"sequential/threads:{t}", f"results/sequential/threads{t}/seed{s}/history.csv")
-            for t in BASELINE_THREADS
-        ]
-        out += [
-            (f"ensemble_member/N:{n}", f"results/models/ranks{n}/seed{s}/rank{r}_history.csv")
-            for n in RANKS
-            for r in range(n)
-        ]
-    for method, n, s, period in together_runs():
-        label = f"{method}/period{period}/N:{n}" if period else f"{method}/N:{n}"
-        out.append((label, f"{together_folder(method, n, s, period)}/history.csv"))
-    return out
-
-
-HISTORIES = histories()
+def benchmark_pattern(job, name, ranks="{ranks}"):
+    return methods.benchmark(job, methods.benchmark_key(wildcard_run(name, ranks)))

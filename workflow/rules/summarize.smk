@@ -2,8 +2,8 @@ rule summarize:
     """Every result as a row of summary.csv (job wall times from the benchmarks), the statistics over seeds, the
     differences against the seed spread, the paper comparison, per-rank times and provenance."""
     input:
-        results=[result for result, _ in RESULTS],
-        benchmarks=sorted({bench for _, benches in RESULTS for bench in benches}),
+        results=result_files(),
+        benchmarks=benchmark_files(),
         paper=PAPER,
     output:
         summary=report("results/summary.csv", caption="../report/summary.rst", category="Summary"),
@@ -24,17 +24,17 @@ rule summarize:
         provenance="results/provenance.json",
     log:
         "logs/summarize.log",
+    localrule: True
     conda:
         "../../envs/summarize.yaml"
     params:
-        results=" ".join(result for result, _ in RESULTS),
-        benchmarks=" ".join(",".join(benches) for _, benches in RESULTS),
         cores=CORES,
+        methods=METHOD_FACTS,  # for the caption
     shell:
-        "python -m mpi_ensemble summarize --results {params.results} --benchmarks {params.benchmarks} "
-        "--paper {input.paper} --cores {params.cores} --summary {output.summary} "
-        "--stats {output.stats} --differences {output.differences} --comparison {output.comparison} "
-        "--rank-times {output.rank_times} --provenance {output.provenance} > {log} 2>&1"
+        f"{CLI} summarize --results {{input.results}} --paper {{input.paper}} --cores {{params.cores}} "
+        "--summary {output.summary} --stats {output.stats} --differences {output.differences} "
+        "--comparison {output.comparison} --rank-times {output.rank_times} "
+        "--provenance {output.provenance} > {log} 2>&1"
 
 
 rule figures:
@@ -44,59 +44,29 @@ rule figures:
         stats="results/summary_stats.csv",
         rank_times="results/rank_times.csv",
         paper=PAPER,
-        histories=[path for _, path in HISTORIES],
+        histories=[path for _, path in histories()],
     output:
-        fig_sequential=report(
-            "results/figures/fig5_sequential.png", caption="../report/fig5.rst", category="Figures"
-        ),
-        fig_scaling=report(
-            "results/figures/fig6_scaling.png", caption="../report/fig6.rst", category="Figures"
-        ),
-        fig_speedup=report(
-            "results/figures/speedup.png", caption="../report/speedup.rst", category="Figures"
-        ),
-        fig_rank_times=report(
-            "results/figures/rank_times.png",
-            caption="../report/rank_times.rst",
-            category="Figures",
-        ),
-        fig_methods=report(
-            "results/figures/fig_methods.png",
-            caption="../report/fig_methods.rst",
-            category="Figures",
-        ),
-        fig_voting=report(
-            "results/figures/fig_voting.png",
-            caption="../report/fig_voting.rst",
-            category="Figures",
-        ),
-        fig_training_curves=report(
-            "results/figures/training_curves.png",
-            caption="../report/training_curves.rst",
-            category="Figures",
-        ),
-        fig_communication=report(
-            "results/figures/fig_communication.png",
-            caption="../report/fig_communication.rst",
-            category="Figures",
-        ),
-        fig_cost=report(
-            "results/figures/fig_cost.png", caption="../report/fig_cost.rst", category="Figures"
-        ),
+        **{
+            key: report(
+                f"results/figures/{name}",
+                caption=f"../report/{key}.rst",
+                category="Figures",
+            )
+            for key, name in methods.FIGURES.items()
+        },
     log:
         "logs/figures.log",
+    localrule: True
     conda:
         "../../envs/summarize.yaml"
     params:
-        histories=" ".join(f"{label}={path}" for label, path in HISTORIES),
+        histories=" ".join(f"{label}={path}" for label, path in histories()),
+        methods=METHOD_FACTS,  # for the captions
         networks=json.dumps(config["networks"]),
+        outputs=lambda wc, output: " ".join(f"{key}={output[key]}" for key in methods.FIGURES),
     shell:
-        "python -m mpi_ensemble figures --stats {input.stats} --rank-times {input.rank_times} "
-        "--paper {input.paper} --fig-sequential {output.fig_sequential} "
-        "--fig-scaling {output.fig_scaling} --fig-speedup {output.fig_speedup} "
-        "--fig-rank-times {output.fig_rank_times} --fig-methods {output.fig_methods} "
-        "--fig-voting {output.fig_voting} --fig-training-curves {output.fig_training_curves} "
-        "--fig-communication {output.fig_communication} --fig-cost {output.fig_cost} "
+        f"{CLI} figures --stats {{input.stats}} --rank-times {{input.rank_times}} "
+        "--paper {input.paper} --outputs {params.outputs} "
         "--histories {params.histories} --networks {params.networks:q} > {log} 2>&1"
 
 
@@ -125,16 +95,17 @@ rule tables:
                 category="Methods",
                 subcategory=method,
             )
-            for method in METHODS
+            for method in methods.NAMES
         ],
     log:
         "logs/tables.log",
+    localrule: True
     conda:
         "../../envs/summarize.yaml"
     params:
-        methods=" ".join(METHODS),
+        methods=" ".join(methods.NAMES),
     shell:
-        "python -m mpi_ensemble tables --summary {input.summary} --stats {input.stats} "
+        f"{CLI} tables --summary {{input.summary}} --stats {{input.stats}} "
         "--differences {input.differences} --comparison {input.comparison} "
         "--provenance {input.provenance} --summary-html {output.summary_html} "
         "--provenance-html {output.provenance_html} --methods {params.methods} "
@@ -146,7 +117,8 @@ rule audit:
     summary and statistics recomputed, figures and tables checked against the files they were made from); the
     verdict goes into the report, and `make reproduce` fails unless it is clean."""
     input:
-        results=[result for result, _ in RESULTS],
+        results=result_files(),
+        paper=PAPER,
         tables=rules.tables.output,
         figures=rules.figures.output,
         models=saved_models(),
@@ -156,7 +128,8 @@ rule audit:
         "logs/audit.log",
     benchmark:
         "results/benchmarks/audit.tsv"
+    localrule: True
     conda:
         "../../envs/train.yaml"
     shell:
-        "python -m mpi_ensemble audit results --out {output} --report-only > {log} 2>&1"
+        f"{CLI} audit results --paper {{input.paper}} --out {{output}} --report-only > {{log}} 2>&1"

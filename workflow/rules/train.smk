@@ -11,13 +11,13 @@ rule train_sequential:
     input:
         **ARRAYS,
     output:
-        model="results/sequential/threads{threads}/seed{seed}/model.keras",
-        result="results/sequential/threads{threads}/seed{seed}/result.json",
-        history="results/sequential/threads{threads}/seed{seed}/history.csv",
+        model=f"{pattern('sequential')}/model.keras",
+        result=f"{pattern('sequential')}/result.json",
+        history=f"{pattern('sequential')}/history.csv",
     log:
-        "logs/train_sequential/threads{threads}/seed{seed}.log",
+        log_pattern(methods.SEQUENTIAL_JOB, "sequential"),
     benchmark:
-        "results/benchmarks/train_sequential/threads{threads}_seed{seed}.tsv"
+        benchmark_pattern(methods.SEQUENTIAL_JOB, "sequential")
     wildcard_constraints:
         threads=r"all|\d+",
         seed=r"\d+",
@@ -28,7 +28,7 @@ rule train_sequential:
         training=TRAINING_ARGS,
         checkpoints=checkpoint_dir,
     shell:
-        "python -m mpi_ensemble train_sequential --threads {wildcards.threads} --job-cores {threads} "
+        f"{CLI} train_sequential --threads {{wildcards.threads}} --job-cores {{threads}} "
         "--seed {wildcards.seed} --train-x {input.train_x} --train-y {input.train_y} "
         "--test-x {input.test_x} --test-y {input.test_y} {params.training} "
         "--model {output.model} --result {output.result} --history {output.history} "
@@ -46,21 +46,15 @@ for n in RANKS:
             train_x=ARRAYS["train_x"],
             train_y=ARRAYS["train_y"],
         output:
-            models=expand(
-                "results/models/ranks{n}/seed{{seed}}/rank{rank}.keras", n=n, rank=range(n)
-            ),
-            records=expand(
-                "results/models/ranks{n}/seed{{seed}}/rank{rank}.json", n=n, rank=range(n)
-            ),
-            histories=expand(
-                "results/models/ranks{n}/seed{{seed}}/rank{rank}_history.csv",
-                n=n,
-                rank=range(n),
-            ),
+            models=[f"{methods.members_folder(n, '{seed}')}/rank{r}.keras" for r in range(n)],
+            records=[f"{methods.members_folder(n, '{seed}')}/rank{r}.json" for r in range(n)],
+            histories=[
+                f"{methods.members_folder(n, '{seed}')}/rank{r}_history.csv" for r in range(n)
+            ],
         log:
-            f"logs/train_mpi/ranks{n}/seed{{seed}}.log",
+            log_pattern(methods.MEMBERS_JOB, "ensemble_majority", n),
         benchmark:
-            f"results/benchmarks/train_mpi/ranks{n}_seed{{seed}}.tsv"
+            benchmark_pattern(methods.MEMBERS_JOB, "ensemble_majority", n)
         wildcard_constraints:
             seed=r"\d+",
         conda:
@@ -70,96 +64,47 @@ for n in RANKS:
             **mpi_resources(n),
         params:
             out_dir=lambda wc, output: os.path.dirname(output.models[0]),
-            launch=launch_prefix,
+            launch=launch_prefix(n),
             training=TRAINING_ARGS,
             checkpoints=checkpoint_dir,
         shell:
             mpi_shell("train_mpi_ranks")
 
 
-# One model trained by all N ranks together (one rule per N, as above): synchronous data-parallel training
-# (gradients allreduced every step), local SGD (weights averaged every `period` local steps) and one-shot averaging
-# from a shared start (weights averaged once, at the end).
-for n in SHARD_RANKS:
+# One model trained by all N ranks together, one rule per method (methods.TOGETHER) and N: rank 0 scores it and
+# writes the result; every rank writes its record. Local SGD runs once per averaging period. What differs between
+# the rules is in params, which are fixed as each rule is defined (a shell string reads globals when the job runs).
+for method in methods.TOGETHER:
+    for n in TOGETHER_RANKS:
 
-    rule:
-        name:
-            f"train_data_parallel_ranks{n}"
-        input:
-            **ARRAYS,
-        output:
-            **shared_model_outputs("results/data_parallel", n),
-        log:
-            f"logs/train_data_parallel/ranks{n}/seed{{seed}}.log",
-        benchmark:
-            f"results/benchmarks/train_data_parallel/ranks{n}_seed{{seed}}.tsv"
-        wildcard_constraints:
-            seed=r"\d+",
-        conda:
-            "../../envs/train.yaml"
-        threads: max(CORES, n)
-        resources:
-            **mpi_resources(n),
-        params:
-            out_dir=lambda wc, output: os.path.dirname(output.model),
-            launch=launch_prefix,
-            training=TRAINING_ARGS,
-            checkpoints=checkpoint_dir,
-        shell:
-            mpi_shell("train_data_parallel", SCORED)
-
-
-for n in SHARD_RANKS:
-
-    rule:
-        name:
-            f"train_local_sgd_ranks{n}"
-        input:
-            **ARRAYS,
-        output:
-            **shared_model_outputs("results/local_sgd/period{period}", n),
-        log:
-            f"logs/train_local_sgd/period{{period}}/ranks{n}/seed{{seed}}.log",
-        benchmark:
-            f"results/benchmarks/train_local_sgd/period{{period}}_ranks{n}_seed{{seed}}.tsv"
-        wildcard_constraints:
-            seed=r"\d+",
-            period=r"\d+|epoch",
-        conda:
-            "../../envs/train.yaml"
-        threads: max(CORES, n)
-        resources:
-            **mpi_resources(n),
-        params:
-            out_dir=lambda wc, output: os.path.dirname(output.model),
-            launch=launch_prefix,
-            training=TRAINING_ARGS,
-            checkpoints=checkpoint_dir,
-        shell:
-            mpi_shell("train_local_sgd", SCORED, "--period {wildcards.period}")
-
-    rule:
-        name:
-            f"train_weight_average_shared_start_ranks{n}"
-        input:
-            **ARRAYS,
-        output:
-            **shared_model_outputs("results/weight_average_shared_start", n),
-        log:
-            f"logs/train_weight_average_shared_start/ranks{n}/seed{{seed}}.log",
-        benchmark:
-            f"results/benchmarks/train_weight_average_shared_start/ranks{n}_seed{{seed}}.tsv"
-        wildcard_constraints:
-            seed=r"\d+",
-        conda:
-            "../../envs/train.yaml"
-        threads: max(CORES, n)
-        resources:
-            **mpi_resources(n),
-        params:
-            out_dir=lambda wc, output: os.path.dirname(output.model),
-            launch=launch_prefix,
-            training=TRAINING_ARGS,
-            checkpoints=checkpoint_dir,
-        shell:
-            mpi_shell("train_weight_average_shared_start", SCORED)
+        rule:
+            name:
+                f"{method.train}_ranks{n}"
+            input:
+                **ARRAYS,
+            output:
+                model=f"{pattern(method.name, n)}/model.keras",
+                result=f"{pattern(method.name, n)}/result.json",
+                history=f"{pattern(method.name, n)}/history.csv",
+                records=[f"{pattern(method.name, n)}/rank{r}.json" for r in range(n)],
+            log:
+                log_pattern(method.train, method.name, n),
+            benchmark:
+                benchmark_pattern(method.train, method.name, n)
+            wildcard_constraints:
+                seed=r"\d+",
+                period=r"\d+|epoch",
+            conda:
+                "../../envs/train.yaml"
+            threads: max(CORES, n)
+            resources:
+                **mpi_resources(n),
+            params:
+                out_dir=lambda wc, output: os.path.dirname(output.model),
+                launch=launch_prefix(n),
+                training=TRAINING_ARGS,
+                checkpoints=checkpoint_dir,
+                command=method.train,
+                together=together_flags(method),
+            shell:
+                mpi_shell("{params.command}", "{params.together}")

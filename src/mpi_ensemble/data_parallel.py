@@ -1,0 +1,159 @@
+"""Synchronous data-parallel training, the epoch step that training.run_epochs drives (gradients averaged over the
+ranks every step). It does what Horovod does, without Horovod (which no longer builds against TensorFlow >= 2.16):
+
+- rank 0's initial weights are broadcast, so every rank starts from the same model;
+- **global batch semantics**: `batch_size` is the *global* batch, as in the sequential run. Every epoch all ranks
+  draw the same permutation of the training images (seed + epoch), cut it into global batches of `batch_size`,
+  and rank r takes its part of each (np.array_split: sizes differ by at most one). So an epoch has exactly as
+  many optimizer steps as the sequential `fit()`, and each step is the same mean gradient over 64 images;
+- each rank computes the *sum* of its images' losses divided by the global batch's size, and one
+  `MPI.Allreduce(SUM)` of the flattened gradients gives every rank that global mean gradient;
+- every rank applies it with its own Adam optimizer: same start, same gradients, same state, same weights.
+  The job compares the ranks' weight checksums at the end and fails if they differ;
+- `validation_split` keeps Keras' meaning: the last `validation_split` of the training set is held out (never
+  shuffled in); each epoch's validation loss and accuracy are computed by all ranks on disjoint parts of it and
+  summed with an Allreduce.
+"""
+
+import numpy as np
+
+from . import checkpoint, data
+from .collective import Traffic, broadcast_weights, flatten
+
+
+
+def epoch_batches(n_train, batch_size, seed, epoch):
+    """The global batches of one epoch: the same shuffled index arrays on every rank."""
+    order = np.random.default_rng([seed, epoch]).permutation(n_train)
+    return [order[i:i + batch_size] for i in range(0, n_train, batch_size)]
+
+
+def local_part(indices, ranks, rank):
+    """Rank r's part of a global batch (sorted: the order inside a summed gradient does not matter)."""
+    return np.sort(np.array_split(np.asarray(indices), ranks)[rank])
+
+
+class DataParallelEpochs:
+    """The epoch step of data-parallel training: local gradient (compiled), one flat Allreduce, Adam update
+    (compiled), for every global batch; then the validation, scored by all ranks together."""
+
+    def __init__(self, keras, net, comm, x, y, settings, seed, environment=None):
+        import tensorflow as tf
+
+        self.net, self.comm, self.x, self.y, self.seed = net, comm, x, y, seed
+        self.environment = environment
+        self.rank, self.size = comm.Get_rank(), comm.Get_size()
+        self.traffic = Traffic(comm)
+        self.variables = net.trainable_variables
+        self.n_values = sum(int(np.prod(v.shape)) for v in self.variables)
+        # The compiled optimizer (the paper's "adam", Keras' defaults), so the saved model keeps its trained state.
+        self.optimizer = net.optimizer
+        self.optimizer.build(self.variables)
+        self.loss = keras.losses.SparseCategoricalCrossentropy(reduction="sum")
+        spec_x = tf.TensorSpec((None, *net.input_shape[1:]), tf.float32)
+        spec_y = tf.TensorSpec((None,), tf.int64)
+        scale = tf.TensorSpec((), tf.float32)
+        self._gradients = tf.function(self._local_gradients, input_signature=[spec_x, spec_y, scale])
+        self._apply = tf.function(self._apply_flat, input_signature=[tf.TensorSpec((None,), tf.float32)])
+        self._evaluate = tf.function(self._evaluate_batch, input_signature=[spec_x, spec_y])
+        self.batch_size = settings["batch_size"]
+        self.cut = data.validation_split_index(len(x), settings["validation_split"])
+        self.steps_per_epoch = len(epoch_batches(self.cut, self.batch_size, seed, 0))
+        # Per epoch: this rank's parts of the global batches, and of the held-out images.
+        self.train_images = sum(len(local_part(b, self.size, self.rank))
+                                for b in epoch_batches(self.cut, self.batch_size, seed, 0))
+        self.validation_part = np.array_split(np.arange(self.cut, len(x)), self.size)[self.rank]
+        self.validation_images = len(self.validation_part)
+
+    def _local_gradients(self, x, y, scale):
+        import tensorflow as tf
+
+        with tf.GradientTape() as tape:
+            probs = self.net(x, training=True)
+            loss = self.loss(y, probs) * scale
+        correct = tf.reduce_sum(tf.cast(tf.equal(tf.argmax(probs, axis=1), y), tf.float32))
+        return loss, correct, tape.gradient(loss, self.variables)
+
+    def _apply_flat(self, flat):
+        import tensorflow as tf
+
+        grads, start = [], 0
+        for v in self.variables:
+            size = int(np.prod(v.shape))
+            grads.append(tf.reshape(flat[start:start + size], v.shape))
+            start += size
+        self.optimizer.apply_gradients(zip(grads, self.variables))
+
+    def _evaluate_batch(self, x, y):
+        import tensorflow as tf
+
+        probs = self.net(x, training=False)
+        correct = tf.reduce_sum(tf.cast(tf.equal(tf.argmax(probs, axis=1), y), tf.float32))
+        return self.loss(y, probs), correct
+
+    def global_gradient(self, x, y, global_count):
+        """This rank's part of a global batch in, the global batch's mean gradient out (flat, float32), followed
+        by the global batch's summed loss / count and its correct predictions: one Allreduce."""
+        buffer = np.zeros(self.n_values + 2, dtype=np.float32)
+        if len(x):
+            loss, correct, grads = self._gradients(x, y, np.float32(1.0 / global_count))
+            buffer[:-2] = flatten([g.numpy() for g in grads])
+            buffer[-2:] = (loss.numpy(), correct.numpy())
+        return self.traffic.allreduce(buffer)
+
+    def step(self, x, y, global_count):
+        """One synchronous step; returns the global batch's (summed loss / count, correct images)."""
+        buffer = self.global_gradient(x, y, global_count)
+        self._apply(buffer[:-2])
+        return float(buffer[-2]), float(buffer[-1])
+
+    def resume(self, store):
+        """Rank 0 loads the checkpoint (if any) and every rank takes it: same weights, same Adam state, same epoch;
+        without one, every rank takes rank 0's initial weights. Every rank compares the environment it runs in
+        (`self.environment`) with the one the checkpoint was made in: a change on any rank makes the resume
+        inexact."""
+        state = checkpoint.load_state(store, self.net) if self.rank == 0 else None
+        state = self.comm.bcast(state, root=0)
+        if state is None:
+            broadcast_weights(self.comm, self.net)
+            return None
+        if self.rank != 0:
+            checkpoint.restore(self.net, state)
+        mine = checkpoint.differences(state.environment, self.environment) if self.environment else []
+        state.environment_changes = [f"rank {r}: {change}" for r, found in enumerate(self.comm.allgather(mine))
+                                     for change in found]
+        return state
+
+    def wait_for_ranks(self):
+        self.comm.Barrier()  # rank 0 may still be writing the last epoch's checkpoint
+
+    def train_epoch(self, epoch):
+        loss_sum = correct_sum = 0.0
+        for batch in epoch_batches(self.cut, self.batch_size, self.seed, epoch):
+            part = local_part(batch, self.size, self.rank)
+            loss, correct = self.step(self.x[part], self.y[part], len(batch))
+            loss_sum, correct_sum = loss_sum + loss * len(batch), correct_sum + correct
+        logs = {"loss": loss_sum / self.cut, "accuracy": correct_sum / self.cut}
+        if len(self.x) > self.cut:
+            logs["val_loss"], logs["val_accuracy"] = self.validate()
+        return logs
+
+    def validate(self, batch=1024):
+        """(loss, accuracy) on the held-out x[cut:], each rank scoring its part, summed by an Allreduce."""
+        x, y = self.x[self.validation_part], self.y[self.validation_part]
+        totals = np.zeros(2, dtype=np.float64)
+        for i in range(0, len(x), batch):
+            totals += [float(v) for v in self._evaluate(x[i:i + batch], y[i:i + batch])]
+        self.traffic.allreduce(totals)
+        held_out = len(self.x) - self.cut
+        return totals[0] / held_out, totals[1] / held_out
+
+    def finish(self):
+        pass
+
+    def facts(self):
+        return {"steps_per_epoch": self.steps_per_epoch, "averagings_per_epoch": self.steps_per_epoch,
+                "batch_per_rank": -(-self.batch_size // self.size), "global_batch": self.batch_size,
+                "global_train_images": self.cut, **self.traffic.facts()}
+
+
