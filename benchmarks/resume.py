@@ -34,7 +34,7 @@ from mpi_ensemble import data, faults, records  # noqa: E402  (no TensorFlow in 
 
 BIN = Path(sys.executable).parent
 KINDS = ("sequential", "ensemble", "data_parallel")
-COMMAND = {"sequential": "train_sequential", "ensemble": "train_mpi_ranks", "data_parallel": "train_data_parallel"}
+COMMAND = {"sequential": "train_sequential", "ensemble": "train_mpi", "data_parallel": "train_data_parallel"}
 
 
 def goal(epochs, kill_epoch):

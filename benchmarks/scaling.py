@@ -7,7 +7,7 @@
 
 For every world size N it runs, each `--repeats` times, as separate `mpiexec -n N` jobs:
   paper    benchmarks/paper_rank.py: float64 input, one-hot labels, default threading, no binding;
-  ours     `python -m mpi_ensemble train_mpi_ranks`: cores // N threads per rank, each rank bound to its own cores;
+  ours     `python -m mpi_ensemble train_mpi`: cores // N threads per rank, each rank bound to its own cores;
            once per --precision;
   ours-1t  ours at N = 1 with one thread on one core, once per --precision: the reference of the speed-up and
            the ceiling of the per-core throughput at N = cores.
@@ -126,7 +126,7 @@ class Bench:
         bind = not runtime.is_oversubscribed(n, threads, self.cores)
         out = self.work / f"{label or 'ours'}_n{n}_t{threads}_{precision}_r{rep}".replace(" ", "_")
         cmd = [*runtime.launch_command(self.launcher, self.flavour, n, threads, bind), self.python, "-m", "mpi4py",
-               "-m", "mpi_ensemble", "train_mpi_ranks", "--threads", str(threads), "--job-cores", str(self.cores),
+               "-m", "mpi_ensemble", "train_mpi", "--threads", str(threads), "--job-cores", str(self.cores),
                "--seed", "0", "--train-x", str(self.arrays["train_x"]), "--train-y", str(self.arrays["train_y"]),
                "--epochs", str(self.args.epochs), "--batch-size", str(self.args.batch_size),
                "--validation-split", "0.2", "--precision", precision, "--out-dir", str(out)]

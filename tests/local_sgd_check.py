@@ -25,7 +25,7 @@ def sgd_model(keras):
                                   optimizer=keras.optimizers.SGD(learning_rate=LEARNING_RATE))
 
 
-def local_sgd(keras, comm, x, y, every):
+def averaged_every(keras, comm, x, y, every):
     net = sgd_model(keras)
     common = local_sgd.common_steps(len(x), comm.Get_size(), SETTINGS)
     start, stop = data.shard_range(len(x), comm.Get_size(), comm.Get_rank())
@@ -64,7 +64,7 @@ def main():
     rng = np.random.default_rng(3)
     x = rng.random((comm.Get_size() * 40, 28, 28, 1), dtype=np.float32)
     y = rng.integers(0, 10, len(x)).astype(np.int64)
-    every_step, every_other = local_sgd(keras, comm, x, y, 1), local_sgd(keras, comm, x, y, 2)
+    every_step, every_other = averaged_every(keras, comm, x, y, 1), averaged_every(keras, comm, x, y, 2)
     if comm.Get_rank() == 0:
         reference = averaged_gradients(keras, comm.Get_size(), x, y)
         diff = lambda a: max(float(np.abs(u - v).max()) for u, v in zip(a, reference))  # noqa: E731

@@ -245,7 +245,7 @@ def test_mpi_rule_under_conda_finds_the_launcher_in_the_job_env(tmp_path):
     out = snakemake(work, target, "-n", "-p", "--sdm", "conda", *config,
                     env={"PATH": f"{condabin}:{os.environ['PATH']}"})
     command = shell_command(out.stdout + out.stderr, "train_mpi_ranks2")
-    assert " && mpiexec -n 2 -bind-to core:1 python -m mpi4py -m mpi_ensemble train_mpi_ranks " in command
+    assert " && mpiexec -n 2 -bind-to core:1 python -m mpi4py -m mpi_ensemble train_mpi " in command
     assert str(BIN) not in command
 
     snakemake(work, "results/data/mnist/train_x.npy", "results/data/mnist/train_y.npy", *config)  # the inputs

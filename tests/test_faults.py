@@ -86,7 +86,7 @@ def rank_processes(work):
             cwd = os.readlink(proc / "cwd")
         except OSError:
             continue
-        if "mpi_ensemble train_mpi_ranks" in cmd and cwd == str(Path(work).resolve()):
+        if "mpi_ensemble train_mpi" in cmd and cwd == str(Path(work).resolve()):
             pids.append(int(proc.name))
     return pids
 

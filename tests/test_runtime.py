@@ -101,7 +101,7 @@ def test_the_training_commands_hand_their_cpu_tuning_to_the_runtime(monkeypatch)
     from mpi_ensemble import cli
 
     monkeypatch.delenv(runtime.CPU_TUNING_ENV, raising=False)
-    base = ["train_mpi_ranks", "--train-x", "x.npy", "--train-y", "y.npy", "--job-cores", "2", "--seed", "0",
+    base = ["train_mpi", "--train-x", "x.npy", "--train-y", "y.npy", "--job-cores", "2", "--seed", "0",
             "--epochs", "1", "--batch-size", "8", "--validation-split", "0.2", "--out-dir", "out"]
     args = cli.build_parser().parse_args(base)
     assert args.cpu_tuning == "auto"  # the default when the workflow passes nothing

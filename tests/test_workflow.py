@@ -267,7 +267,7 @@ def test_same_config_gives_the_same_models(smoke_run, tmp_path):
     (Not through Snakemake, whose rerun would redo every job after it.)"""
     arrays = {name: smoke_run / "results" / "data" / "mnist" / f"{name}.npy" for name in ("train_x", "train_y")}
     command = [str(BIN / "mpiexec"), "-n", "2", str(BIN / "python"), "-m", "mpi4py", "-m", "mpi_ensemble",
-               "train_mpi_ranks", "--threads", "1", "--job-cores", "2", "--seed", "0", "--epochs", "1",
+               "train_mpi", "--threads", "1", "--job-cores", "2", "--seed", "0", "--epochs", "1",
                "--batch-size", "64", "--validation-split", "0.2", "--precision", "float32",
                "--out-dir", str(tmp_path), *(f"--{k.replace('_', '-')}={v}" for k, v in arrays.items())]
     run = subprocess.run(command, capture_output=True, text=True, timeout=600,
@@ -354,7 +354,7 @@ def test_every_method_runs_for_every_seed(tmp_path):
 def test_controls_run_where_the_ranks_fit_unless_asked_for_every_rank_or_none(tmp_path):
     work = project_copy(tmp_path)
     default = job_counts(snakemake(work, "-n", "--config", "ranks=[1,2,3,4]").stdout)
-    assert {r for r in default if r.startswith("train_mpi_ranks")} == {f"train_mpi_ranks{n}" for n in (1, 2, 3, 4)}
+    assert {r for r in default if r.startswith("train_mpi")} == {f"train_mpi_ranks{n}" for n in (1, 2, 3, 4)}
     # the methods whose ranks talk, and those that need two members, from N = 2
     assert {r for r in default if r.startswith("train_data_parallel")} == {"train_data_parallel_ranks2"}
     assert default["ensemble"] == 4 and default["vote_variants"] == 2 and default["single_shard"] == 1
@@ -392,18 +392,26 @@ def test_lint_and_format_are_clean():
     assert fmt.returncode == 0, fmt.stderr
 
 
-def test_one_cli_with_a_sub_command_per_rule():
-    """Every rule's shell command calls `python -m mpi_ensemble <its rule name>`; every sub-command is a rule, but
-    `clean_shm`, the first step of the MPI training rules (it must run before the launcher starts the ranks)."""
+def test_one_cli_with_a_sub_command_per_rule(tmp_path):
+    """Every job's shell command (a dry run with every method and world size) calls `python -m mpi_ensemble <its
+    rule name>` (`train_mpi` for every train_mpi_ranks{N}); every sub-command is a rule's, but `clean_shm`,
+    the first step of the MPI training rules (it must run before the launcher starts the ranks), and
+    `unpack_bundled`, the rule of a workflow read from git (tests/test_deploy.py runs it)."""
     from mpi_ensemble import cli
 
-    rules = "\n".join(p.read_text() for p in (ROOT / "workflow" / "rules").glob("*.smk"))
-    called = {a or b for a, b in re.findall(r"-m mpi_ensemble (\w+)|mpi_shell\(\s*\"(\w+)\"", rules)}
+    out = snakemake(project_copy(tmp_path), "-n", "-p", "--config", "ranks=[1,2]", "control_ranks=all").stdout
+    called = {}
+    for block in re.split(r"\n(?=(?:local)?rule \w+:)", out)[1:]:
+        rule = re.match(r"(?:local)?rule (\w+):", block)[1]
+        command = re.search(r"^Shell command: (.*)$", block, re.M)
+        if command and command[1] != "None":  # the target rules run nothing
+            called[rule] = set(re.findall(r"-m mpi_ensemble (\w+)", command[1])) - {"clean_shm"}
+    assert len(called) == 16  # the data, training, combine and summarize rules at N = 1 and 2
+    for rule, subs in called.items():
+        assert subs == {re.sub(r"_ranks\d+$", "", rule)}, (rule, subs)
     commands = set(cli.build_parser()._subparsers._group_actions[0].choices)
-    assert called == commands
-    declared = set(re.findall(r"^rule (\w+):", rules, re.M)) | {"train_mpi_ranks", "train_data_parallel", "clean_shm",
-                                                                "train_local_sgd", "train_weight_average_shared_start"}
-    assert commands <= declared
+    assert commands == set().union(*called.values()) | {"clean_shm", "unpack_bundled"}
+    assert "rule unpack_bundled:" in (ROOT / "workflow" / "rules" / "data.smk").read_text()
 
 
 # --- another dataset ------------------------------------------------------------------------------------------

@@ -1,7 +1,7 @@
 """The workflow's one command line: `python -m mpi_ensemble RULE ...`, one sub-command per rule, named as the rule
-(`train_mpi_ranks` serves every `train_mpi_ranks{N}`, `train_data_parallel` every `train_data_parallel_ranks{N}`,
+(`train_mpi` serves every `train_mpi_ranks{N}`, `train_data_parallel` every `train_data_parallel_ranks{N}`,
 and likewise `train_local_sgd` and `train_weight_average_shared_start`).
-MPI rules run it under the launcher: `mpiexec -n N python -m mpi4py -m mpi_ensemble train_mpi_ranks ...`, after
+MPI rules run it under the launcher: `mpiexec -n N python -m mpi4py -m mpi_ensemble train_mpi ...`, after
 `python -m mpi_ensemble clean_shm` (the one sub-command that is a step of those rules, not a rule: it must run before
 the ranks start).
 
@@ -58,11 +58,11 @@ def train_sequential(args):
                                     settings_of(args), args.job_cores, args.history, args.checkpoint_dir))
 
 
-def train_mpi_ranks(args):
+def train_mpi(args):
     from . import training
 
     use_cpu_tuning(args)
-    training.train_mpi_ranks(arrays_of(args), args.out_dir, args.threads, args.seed, settings_of(args),
+    training.train_mpi(arrays_of(args), args.out_dir, args.threads, args.seed, settings_of(args),
                              args.job_cores, args.checkpoint_dir)
 
 
@@ -210,10 +210,10 @@ def training_commands(sub):
     p.add_argument("--history", help="history.csv: one line per epoch")
     p.set_defaults(func=train_sequential)
 
-    p = sub.add_parser("train_mpi_ranks", help="one MPI rank of the ensemble (under mpiexec ... -m mpi4py -m ...)")
+    p = sub.add_parser("train_mpi", help="one MPI rank of the ensemble (under mpiexec ... -m mpi4py -m ...)")
     training_args(p)
     required(p, "out-dir")
-    p.set_defaults(func=train_mpi_ranks)
+    p.set_defaults(func=train_mpi)
 
     p = sub.add_parser("clean_shm", help="remove MPICH shared-memory segments that killed ranks left (before a launch)")
     p.add_argument("--shm-dir", default="/dev/shm")

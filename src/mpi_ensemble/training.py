@@ -387,7 +387,7 @@ class RankJob:
               f"affinity {sorted(os.sched_getaffinity(0))}", flush=True)
 
 
-def train_mpi_ranks(arrays, out_dir, threads, seed, settings, job_cores, checkpoints=None):
+def train_mpi(arrays, out_dir, threads, seed, settings, job_cores, checkpoints=None):
     """One rank of the ensemble's MPI job: train on this rank's contiguous shard, save its model, history and
     record; once every rank has, drop the checkpoints."""
     job = RankJob("ensemble_member", threads, settings["precision"], job_cores)

@@ -5,7 +5,7 @@ if GIT_FILES:
         once (Snakemake's source cache reads git files as text, and would rerun the summary on every run).
         """
         output:
-            files=sorted(GIT_FILES),
+            files=list(GIT_FILES),
         log:
             "logs/unpack_bundled.log",
         localrule: True

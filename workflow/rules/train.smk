@@ -68,7 +68,7 @@ for n in RANKS:
             training=TRAINING_ARGS,
             checkpoints=checkpoint_dir,
         shell:
-            mpi_shell("train_mpi_ranks")
+            mpi_shell("train_mpi")
 
 
 # One model trained by all N ranks together, one rule per method (methods.TOGETHER) and N: rank 0 scores it and
