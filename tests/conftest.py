@@ -66,9 +66,10 @@ def resume_point(folder):
     return max(checkpoint.Store(folder).saved_epochs(), default=0)
 
 
-# A 2-rank ensemble job of 5 short epochs: what the resume tests cut, locally and under SLURM.
+# A 2-rank ensemble job of 5 short epochs: what the resume tests cut, locally and under SLURM, each journey then
+# running the rest of the workflow (the paper's rows alone) through to its audit.
 RESUME = ["max_train_images=600", "max_test_images=100", "epochs=5", "batch_size=32", "ranks=[2]", "seeds=[0]",
-          "baseline_threads=[1]"]
+          "baseline_threads=[1]", "control_ranks=none"]
 ENSEMBLE_RECORDS = [f"results/models/ranks2/seed0/rank{r}.json" for r in range(2)]
 
 
@@ -82,6 +83,17 @@ def uncut_ensemble(tmp_path_factory):
 
 
 SMOKE = ["max_train_images=6000", "max_test_images=1000", "epochs=1", "ranks=[1,2]", "seeds=[0]"]
+
+
+def audit_verdict(work):
+    """The first line of the run's own audit, results/audit.txt, and the rest (its disagreements)."""
+    lines = (Path(work) / "results" / "audit.txt").read_text().splitlines()
+    return lines[0], lines[1:]
+
+
+def assert_audit_clean(work):
+    first, rest = audit_verdict(work)
+    assert first.startswith("audit: clean (") and not rest, "\n".join([first, *rest])
 
 
 @pytest.fixture(scope="session")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import BIN, ROOT, project_copy, snakemake
+from conftest import BIN, ROOT, assert_audit_clean, project_copy, snakemake
 
 import mpi_ensemble
 
@@ -108,17 +108,21 @@ def test_catalog_usage_and_standard_layout():
 # --- the workflow as a module in the user's own folder ----------------------------------------------------
 
 
-def module_project(folder, snakefile, config):
-    """What a user writes: a Snakefile that uses every rule of the workflow as a module, and a config."""
+def module_project(folder, snakefile, config, prefix=""):
+    """What a user writes (what snakedeploy writes): a Snakefile that uses every rule of the workflow as a module,
+    its rules named `{prefix}*` when a prefix is given, a config, and the workflow's profiles copied beside them.
+    `snakefile` is a path, or a source expression such as gitfile(...)."""
     (folder / "config").mkdir(parents=True)
     (folder / "config" / "config.yaml").write_text(yaml.safe_dump(config))
+    source = snakefile if "(" in str(snakefile) else f'"{snakefile}"'
     (folder / "Snakefile").write_text(
         'configfile: "config/config.yaml"\n\n\n'
         "module mpi_ensemble:\n"
-        f'    snakefile:\n        "{snakefile}"\n'
+        f"    snakefile:\n        {source}\n"
         "    config:\n        config\n\n\n"
-        "use rule * from mpi_ensemble\n"
+        f"use rule * from mpi_ensemble{f' as {prefix}*' if prefix else ''}\n"
     )
+    shutil.copytree(ROOT / "profiles", folder / "profiles")
     return folder
 
 
@@ -127,58 +131,73 @@ def git(folder, *args):
                           capture_output=True, text=True, check=True).stdout
 
 
-@pytest.mark.workflow
-def test_module_in_own_folder_keeps_everything_there(tmp_path):
-    """A clone (a git repository) and a project folder holding only a Snakefile with a module and a tiny config:
-    the whole workflow and its report run there, the bundled MNIST and the paper's numbers are found from the
-    workflow's location, a second run has nothing to do, and the clone is left exactly as it was."""
-    clone = project_copy(tmp_path / "clone")
-    git(clone, "init", "-q")
-    git(clone, "add", "-A")
-    git(clone, "commit", "-q", "-m", "clone")
-    project = module_project(tmp_path / "project", clone / "workflow" / "Snakefile", TINY)
-
-    start = time.monotonic()
-    snakemake(project)
-    snakemake(project, "--report", "results/report.html")
-    print(f"\nmodule run and report: {time.monotonic() - start:.0f} s")
-
-    rows = (project / "results" / "summary.csv").read_text().splitlines()
-    assert rows[0].startswith("method,") and any(r.startswith("ensemble_majority,") for r in rows)
-    assert (project / "results" / "models" / "ranks2" / "seed0" / "rank1.keras").stat().st_size > 100_000
-    comparison = (project / "results" / "paper_comparison.csv").read_text()
-    assert "laptop" in comparison and "22.52" in comparison  # the paper's N = 2 row, from the clone's paper/
-    fetched = (project / "logs" / "fetch_data.log").read_text()
-    assert fetched.count(f"copied from {clone / 'data' / 'mnist'}, SHA-256 verified") == 4
-    assert (project / "logs" / "train_mpi" / "ranks2" / "seed0.log").is_file()
-    page = (project / "results" / "report.html").read_text()
-    assert len(page) > 100_000 and "fig6_scaling.png" in page and "Reproduction of Rehman" in page
-    out = snakemake(project, "-n")
-    assert "Nothing to be done" in out.stdout + out.stderr
-    assert git(clone, "status", "--porcelain", "--ignored") == ""
-
-
-def test_module_read_from_git_finds_its_data_and_paper(tmp_path):
-    """The module read from a git repository at a tag, as from a git host (`gitfile` takes the path Snakemake
-    takes for `github(...)`: files read from git, not from a folder): the bundled MNIST is copied into the
-    project's resources/ and verified, the paper's numbers come from the tagged file, and a rerun has nothing to
-    do. Snakemake's source cache reads git files as text; the workflow reads the binary ones itself."""
-    clone = project_copy(tmp_path / "clone")
+def tagged_clone(folder):
+    """A clone of this project as a git repository at the tag of its version, as a git host serves it."""
+    clone = project_copy(folder)
     git(clone, "init", "-q")
     git(clone, "add", "-A")
     git(clone, "commit", "-q", "-m", "clone")
     git(clone, "tag", f"v{mpi_ensemble.__version__}")
+    return clone
+
+
+def files_below(folder):
+    """Every file below `folder`, but Snakemake's own state (.snakemake/, which it writes even for a dry run)."""
+    return sorted(str(p.relative_to(folder)) for p in Path(folder).rglob("*")
+                  if p.is_file() and ".snakemake" not in p.relative_to(folder).parts)
+
+
+@pytest.mark.workflow
+def test_module_from_git_with_a_rule_prefix_runs_everything_and_audits_clean(tmp_path):
+    """The journey of a user who deploys the workflow in a folder of their own: the module read from a git
+    repository at a tag (`gitfile` takes the path Snakemake takes for `github(...)`: files read from git), its rules
+    renamed `mpi_*`. A dry run writes nothing; the run copies the bundled MNIST and the paper's numbers out of git
+    once, trains, and audits itself clean; a second run has nothing to do (the paper's file is no per-run copy);
+    the clone is left as it was. (Under SLURM, test_cluster.py runs a prefixed module: its local rules stay
+    local.)"""
+    clone = tagged_clone(tmp_path / "clone")
     source = f'gitfile("{clone}", path="workflow/Snakefile", tag="v{mpi_ensemble.__version__}")'
-    project = module_project(tmp_path / "project", "", TINY)
-    (project / "Snakefile").write_text((project / "Snakefile").read_text().replace('""', source))
+    project = module_project(tmp_path / "project", source, TINY, prefix="mpi_")
+    before = files_below(project)
+    plan = snakemake(project, "-n")
+    assert files_below(project) == before  # the dry run wrote nothing (11.6 MB of bundled MNIST before)
+    assert "mpi_unpack_bundled" in plan.stdout and "mpi_train_mpi_ranks2" in plan.stdout
+
+    start = time.monotonic()
+    snakemake(project)
+    print(f"\nmodule from git, prefixed: {time.monotonic() - start:.0f} s")
+    assert_audit_clean(project)
+    fetched = (project / "logs" / "fetch_data.log").read_text()
+    assert fetched.count("copied from resources/bundled/data/mnist, SHA-256 verified") == 4, fetched
+    comparison = (project / "results" / "paper_comparison.csv").read_text()
+    assert "laptop" in comparison and "22.52" in comparison  # the paper's N = 2 row, from the tagged file
+    assert "Nothing to be done" in snakemake(project, "-n").stdout
+    assert git(clone, "status", "--porcelain", "--ignored") == ""
+
+
+def test_module_in_own_folder_reads_the_workflows_files_where_they_are(tmp_path):
+    """The module from a local clone: its bundled MNIST is read from the clone's data/ (nothing copied), a dry run
+    leaves the project folder as it was, and the data stage writes only into the project."""
+    clone = tagged_clone(tmp_path / "clone")
+    project = module_project(tmp_path / "project", clone / "workflow" / "Snakefile", TINY)
+    before = files_below(project)
+    plan = snakemake(project, "-n", "-p").stdout
+    assert files_below(project) == before and "unpack_bundled" not in plan
     arrays = [f"results/data/mnist/{name}.npy" for name in ("train_x", "train_y", "test_x", "test_y")]
     snakemake(project, *arrays)
     fetched = (project / "logs" / "fetch_data.log").read_text()
-    assert fetched.count("copied from resources/bundled/data/mnist, SHA-256 verified") == 4, fetched
-    plan = snakemake(project, "-n", "results/summary.csv").stdout
-    assert f"git+file://{clone}/paper/reported_results.csv@v{mpi_ensemble.__version__}" in plan
-    assert "Nothing to be done" in snakemake(project, "-n", *arrays).stdout
+    assert fetched.count(f"copied from {clone / 'data' / 'mnist'}, SHA-256 verified") == 4
+    assert not (project / "resources" / "bundled").exists()
     assert git(clone, "status", "--porcelain", "--ignored") == ""
+
+
+def test_a_dry_run_and_lint_leave_no_file_behind(tmp_path):
+    """In a fresh clone, `snakemake -n` and `snakemake --lint` write nothing but Snakemake's own .snakemake/."""
+    work = project_copy(tmp_path / "work")
+    before = files_below(work)
+    assert "Job stats:" in snakemake(work, "-n").stdout
+    snakemake(work, "--lint")
+    assert files_below(work) == before
 
 
 def test_missing_package_is_refused_naming_the_install(tmp_path):

@@ -26,7 +26,8 @@ import numpy as np
 import pytest
 
 import faults
-from conftest import BIN, BUNDLED, ENSEMBLE_RECORDS, RESUME, ROOT, hooked, project_copy, resume_point, snakemake
+from conftest import (BIN, BUNDLED, ENSEMBLE_RECORDS, RESUME, ROOT, assert_audit_clean, hooked, project_copy,
+                      resume_point, snakemake)
 from mpi_ensemble import data
 
 pytestmark = pytest.mark.workflow
@@ -623,10 +624,12 @@ def weight_hashes(paths):
     return [r["weights_sha256"] if "weights_sha256" in r else r["rank_timing"][0]["weights_sha256"] for r in records]
 
 
-def test_ensemble_rank_killed_in_epoch_3_resumes_to_the_same_weights(uncut_ensemble, tmp_path):
-    """Rank 1 of a 2-rank ensemble job, run by Snakemake, is SIGKILLed as its epoch 3 of 5 starts. Snakemake fails
-    the job and deletes its outputs; the checkpoints (outside them) stay. The rerun resumes each rank after its last
-    saved epoch, and both models are bitwise those of an uninterrupted run."""
+def test_rank_killed_in_epoch_2_then_run_again_resumes_and_audits_clean(uncut_ensemble, tmp_path):
+    """The journey of a user whose run loses a rank: rank 1 of a 2-rank ensemble job, run by Snakemake, is
+    SIGKILLed as its epoch 2 of 5 starts. Snakemake fails the job and deletes its outputs; the checkpoints (outside
+    them) stay. `snakemake` again runs the whole workflow: the job resumes each rank after its last saved epoch,
+    both models are bitwise those of an uninterrupted run, the resumed row's times and traffic are empty (they cover
+    only the epochs after the checkpoint), and the run's own audit is clean."""
     work, reference = uncut_ensemble
     assert weight_hashes(work / p for p in ENSEMBLE_RECORDS) == reference
     assert not (work / "results" / "checkpoints").exists()  # the successful job removed its checkpoints
@@ -635,15 +638,15 @@ def test_ensemble_rank_killed_in_epoch_3_resumes_to_the_same_weights(uncut_ensem
 
     hold = tmp_path / "hold"
     run = start_snakemake(work, "--config", *RESUME, "--forcerun", "train_mpi_ranks2", "--", *ENSEMBLE_RECORDS,
-                          extra_env=hold_env(hold, 1, 3))
+                          extra_env=hold_env(hold, 1, 2))
     try:
         pid = held_pid(hold, 1)
         saved = work / "results" / "checkpoints" / "models" / "ranks2" / "seed0"
-        assert [p.name for p in (saved / "rank1").iterdir()] == ["epoch2"]
+        assert [p.name for p in (saved / "rank1").iterdir()] == ["epoch1"]
         # Written as it happens, while the job still runs; mpiexec forwards the rank's output on its own time, so
         # wait for the line rather than expect it there the moment the rank holds.
-        wait_for(lambda: "ensemble_member rank 1/2 epoch 2/5: loss " in log.read_text(), 30, "epoch 2's progress line")
-        assert "rank 1/2 epoch 3/5" not in log.read_text()
+        wait_for(lambda: "ensemble_member rank 1/2 epoch 1/5: loss " in log.read_text(), 30, "epoch 1's progress line")
+        assert "rank 1/2 epoch 2/5" not in log.read_text()
         os.kill(pid, signal.SIGKILL)
         output = finish(run, 120)
     finally:
@@ -651,22 +654,28 @@ def test_ensemble_rank_killed_in_epoch_3_resumes_to_the_same_weights(uncut_ensem
             os.killpg(run.pid, signal.SIGKILL)
     assert run.returncode != 0 and "Error in rule train_mpi_ranks2" in output
     assert complete_files(work / MODELS2) == []  # Snakemake removed the failed job's outputs ...
-    assert (saved / "rank1" / "epoch2" / "state.npz").is_file()  # ... but not the checkpoints
+    assert (saved / "rank1" / "epoch1" / "state.npz").is_file()  # ... but not the checkpoints
     # Rank 0 trains on independently, so it got as far as it got when the job went down.
     rank0_saved = resume_point(saved / "rank0")
 
-    snakemake(work, "--config", *RESUME, "--", *ENSEMBLE_RECORDS)
+    snakemake(work, "--config", *RESUME)  # the user runs the workflow again, as the README says
     records = [json.loads((work / p).read_text()) for p in ENSEMBLE_RECORDS]
-    print(f"\nensemble rank 1 killed in epoch 3/5: resumed ranks from epochs "
+    print(f"\nensemble rank 1 killed in epoch 2/5: resumed ranks from epochs "
           f"{[r['resumed_from_epoch'] for r in records]}; weights {[r['weights_sha256'] for r in records]}, "
           f"uninterrupted {reference}")
-    assert [r["resumed_from_epoch"] for r in records] == [rank0_saved, 2]
+    assert [r["resumed_from_epoch"] for r in records] == [rank0_saved, 1]
     assert [r["weights_sha256"] for r in records] == reference
-    assert f"checkpoint {Path('results/checkpoints/models/ranks2/seed0/rank1/epoch2')}: resuming after epoch 2" \
+    assert f"checkpoint {Path('results/checkpoints/models/ranks2/seed0/rank1/epoch1')}: resuming after epoch 1" \
         in log.read_text()
     history = (work / MODELS2 / "rank1_history.csv").read_text().splitlines()
-    assert [line.rsplit(",", 1)[1] for line in history[1:]] == ["True", "True", "False", "False", "False"]
+    assert [line.rsplit(",", 1)[1] for line in history[1:]] == ["True", "False", "False", "False", "False"]
     assert not (work / "results" / "checkpoints").exists()
+    assert_audit_clean(work)
+    rows = {(r["method"], r["ranks"]): r for r in csv.DictReader(open(work / "results" / "summary.csv"))}
+    resumed = rows[("ensemble_majority", "2")]
+    assert resumed["resumed_from_epoch"] == str(max(rank0_saved, 1)) and resumed["resumed_exactly"] == "True"
+    assert resumed["fit_seconds_max"] == resumed["speedup"] == resumed["allreduces_per_rank"] == ""
+    assert float(resumed["accuracy"]) > 0.3 and rows[("sequential", "1")]["fit_seconds_max"] != ""
 
 
 @pytest.fixture(scope="module")
