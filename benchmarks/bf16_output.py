@@ -24,13 +24,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from mpi_ensemble import data, records, runtime  # noqa: E402
+from mpi_ensemble import data, provenance, runtime, startup  # noqa: E402
 
 VARIANTS = {"softmax in bfloat16 (before)": None, "softmax in float32 (now)": "float32"}
 
 
 def worker(folder, seed, epochs, output_dtype):
-    keras = runtime.import_keras(None, "mixed_bfloat16")
+    keras = startup.import_keras(None, "mixed_bfloat16")
     import numpy as np
 
     from mpi_ensemble import model, training
@@ -62,8 +62,8 @@ def main(argv=None):
     if args.quick:
         args.seeds, args.epochs, args.images = [0], 1, 3000
     runtime.check_precision("mixed_bfloat16", runtime.cpu_flags())
-    print(f"# {records.cpu_model()}; ISA {' '.join(records.isa_flags())}; versions {records.package_versions()}; "
-          f"commit {records.git_commit(ROOT)}")
+    print(f"# {provenance.cpu_model()}; ISA {' '.join(provenance.isa_flags())}; versions {provenance.package_versions()}; "
+          f"commit {provenance.git_commit(ROOT)}")
     print(f"# {args.images} images (80 % trained), {args.epochs} epochs, every core, mixed_bfloat16, seeds "
           f"{args.seeds}", flush=True)
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": str(ROOT / "src")}

@@ -32,7 +32,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from mpi_ensemble import data, model, records, runtime  # noqa: E402
+from mpi_ensemble import data, model, provenance, runtime, startup  # noqa: E402
 
 VARIANTS = ("one fit", "epoch loop", "epoch loop + checkpoints")
 
@@ -70,7 +70,7 @@ def timed(method, seconds):
 
 def worker(variant, folder, epochs):
     os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
-    keras = runtime.import_keras(1)
+    keras = startup.import_keras(1)
     from mpi_ensemble import checkpoint, training
 
     x, y = data.load_arrays(Path(folder) / "train_x.npy", Path(folder) / "train_y.npy")
@@ -163,8 +163,8 @@ def main(argv=None):
     if args.worker:
         print(json.dumps(worker(args.worker[0], args.worker[1], args.epochs)))
         return
-    print(f"# {platform.node()}: {records.cpu_model()}; {runtime.cpu_kind(runtime.cpu_flags())} kind; ISA "
-          f"{' '.join(records.isa_flags())}; versions {records.package_versions()}; commit {records.git_commit(ROOT)}")
+    print(f"# {platform.node()}: {provenance.cpu_model()}; {runtime.cpu_kind(runtime.cpu_flags())} kind; ISA "
+          f"{' '.join(provenance.isa_flags())}; versions {provenance.package_versions()}; commit {provenance.git_commit(ROOT)}")
     print(f"# {args.images} images (80 % trained, 20 % validated), {args.epochs} epochs, {args.repeats} repeat(s), "
           "1 thread on one core; medians over repeats", flush=True)
     with tempfile.TemporaryDirectory(prefix="epoch-loop-") as tmp:

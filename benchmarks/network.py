@@ -55,7 +55,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 sys.path.insert(0, str(ROOT / "tests"))
 
 import cost_model  # noqa: E402
-from mpi_ensemble import records  # noqa: E402  (no TensorFlow in this process)
+from mpi_ensemble import provenance, records, startup  # noqa: E402  (no TensorFlow in this process)
 
 # name -> (label, rate in bit/s; None: not shaped)
 NETWORKS = {"unshaped": ("unshaped", None), "10gbit": ("10 Gbit/s", 10e9), "1gbit": ("1 Gbit/s", 1e9)}
@@ -106,9 +106,9 @@ def step_worker(kind, core, images):
     after a warm-up (what the step takes on a core of its own: this machine's cores are shared, so the wall time,
     also printed, includes waiting for the core), and busy = CPU / wall."""
     os.sched_setaffinity(0, {core})
-    from mpi_ensemble import model, runtime
+    from mpi_ensemble import model
 
-    keras = runtime.import_keras(1)
+    keras = startup.import_keras(1)
     rng = np.random.default_rng(0)
     x = rng.random((STEPS_TIMED * max(max(images), 1), 28, 28, 1), dtype=np.float32)
     y = rng.integers(0, 10, len(x)).astype(np.int64)
@@ -431,7 +431,7 @@ def report(steps, table, fits, used, projection, measured, crossing, auto):
 
 
 def header():
-    facts = records.host_facts()
+    facts = provenance.host_facts()
     return (f"network benchmark, {datetime.date.today()}: host {facts['host']}, {facts['cpu_model']}, "
             f"{facts['cpu_count']} CPUs, load {loadavg()} at the end; Python {platform.python_version()}")
 

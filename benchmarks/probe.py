@@ -34,7 +34,7 @@ sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import scaling  # noqa: E402  (the scaling benchmark's jobs and the matrix-multiply probe worker)
-from mpi_ensemble import model, records, runtime  # noqa: E402
+from mpi_ensemble import model, provenance, runtime, startup  # noqa: E402
 
 FLOPS = model.training_flops_per_image()  # per training image; model.gflops adds the validation passes
 AVX2_CAP = {"ONEDNN_MAX_CPU_ISA": "AVX2"}
@@ -64,7 +64,7 @@ def settings_to_try(flags):
 
 def tensorflow_default_onednn():
     """Whether TensorFlow, left to itself, turns oneDNN on in this CPU (its own verdict, in a fresh process)."""
-    code = "from mpi_ensemble import runtime; import tensorflow; print(runtime.onednn_enabled())"
+    code = "from mpi_ensemble import startup; import tensorflow; print(startup.onednn_enabled())"
     out = run_python(["-c", code], clean_env({runtime.CPU_TUNING_ENV: "tensorflow"}))
     return out.stdout.strip().splitlines()[-1] == "True"
 
@@ -99,7 +99,7 @@ def parse_args(argv=None):
 def worker(folder, train_images, seed, core):
     """Train 2 epochs on one core with one thread; print the second epoch's wall and CPU rates and the accuracy."""
     os.sched_setaffinity(0, {core})
-    keras = runtime.import_keras(1)
+    keras = startup.import_keras(1)
     import numpy as np
 
     from mpi_ensemble import training
@@ -129,7 +129,7 @@ def worker(folder, train_images, seed, core):
     print(json.dumps({"wall_s": facts["epoch_seconds"][-1], "cpu_s": CpuTimer.seconds[-1],
                       "images": facts.get("train_images", len(x)), "validation_images": facts.get("validation_images", 0),
                       "runqueue_s": CpuTimer.waits[-1],
-                      "accuracy": accuracy, "kernel_settings": runtime.kernel_settings()}))
+                      "accuracy": accuracy, "kernel_settings": startup.kernel_settings()}))
 
 
 def runqueue_seconds():
@@ -147,13 +147,19 @@ def runqueue_seconds():
 def plain_fit(keras, x, y, seed, callbacks):
     """What the paper's script and the issue's probe run: `fit` on in-memory arrays (Keras builds an autotuned
     tf.data pipeline), one train step per call."""
-    from mpi_ensemble import training
+    class WallTimer(keras.callbacks.Callback):
+        seconds = []
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self.start = time.perf_counter()
+
+        def on_epoch_end(self, epoch, logs=None):
+            self.seconds.append(time.perf_counter() - self.start)
 
     keras.utils.set_random_seed(seed)
     net = model.build_model(keras, input_shape=x.shape[1:])
-    timer = training.epoch_timer(keras)
-    net.fit(x, y, batch_size=64, epochs=2, shuffle=True, verbose=0, callbacks=[timer, *callbacks])
-    return net, {"epoch_seconds": timer.seconds}
+    net.fit(x, y, batch_size=64, epochs=2, shuffle=True, verbose=0, callbacks=[WallTimer(), *callbacks])
+    return net, {"epoch_seconds": WallTimer.seconds}
 
 
 def clean_env(extra):
@@ -286,9 +292,9 @@ PROFILE_COLUMNS = [("primitive", "{}"), ("pass", "{}"), ("impl", "{}"), ("proble
 
 
 def machine_lines(flags, cores):
-    versions = records.package_versions()
-    return [f"# {platform.node()}: {records.cpu_model()}, {cores} cores allowed; kind {runtime.cpu_kind(flags)}",
-            f"# ISA flags: {' '.join(records.isa_flags(flags))}",
+    versions = provenance.package_versions()
+    return [f"# {platform.node()}: {provenance.cpu_model()}, {cores} cores allowed; kind {runtime.cpu_kind(flags)}",
+            f"# ISA flags: {' '.join(provenance.isa_flags(flags))}",
             "# versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()),
             f"# auto settings for this CPU: {runtime.cpu_settings(flags, 'auto')}; "
             f"for the other kinds: {runtime.CPU_KIND_SETTINGS}"]

@@ -30,7 +30,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from mpi_ensemble import data, faults, records  # noqa: E402  (no TensorFlow in this process)
+from mpi_ensemble import data, faults, provenance  # noqa: E402  (no TensorFlow in this process)
 
 BIN = Path(sys.executable).parent
 KINDS = ("sequential", "ensemble", "data_parallel")
@@ -103,7 +103,7 @@ def measure(kind, arrays, work, args):
 def print_table(rows, args):
     print(f"\nresume benchmark: {args.train_images} training images, {args.epochs} epochs, batch {args.batch_size}, "
           f"1 thread per rank; killed as epoch {args.kill_epoch} starts")
-    facts = records.host_facts()
+    facts = provenance.host_facts()
     print(f"host {facts['host']}, {facts['cpu_model']}, {facts['cpu_count']} CPUs, "
           f"TensorFlow {facts['versions'].get('tensorflow-cpu', facts['versions'].get('tensorflow'))}, "
           f"Keras {facts['versions'].get('keras')}")

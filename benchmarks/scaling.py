@@ -225,7 +225,7 @@ def ratios(rows, cores):
     paper_n = find(rows, "paper", cores)
     add(f"ours fp32 / paper, img/s per core at N={cores}", find(rows, "ours", cores, "fp32"), paper_n, 1.5)
     add(f"ours bf16 / paper, img/s per core at N={cores}", find(rows, "ours", cores, "bf16"), paper_n, 2.2)
-    add(f"ours fp32 / paper, img/s per core at N=1", find(rows, "ours", 1, "fp32"), find(rows, "paper", 1), 1.0)
+    add("ours fp32 / paper, img/s per core at N=1", find(rows, "ours", 1, "fp32"), find(rows, "paper", 1), 1.0)
     one = find(rows, "ours-1t", 1, "fp32")
     add(f"fit speed-up at N={cores} (1-thread fit / slowest rank)", find(rows, "ours", cores, "fp32"), one, 1.8,
         key="fit_s", invert=True)

@@ -16,7 +16,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from mpi_ensemble import collective, data_parallel, runtime, training  # noqa: E402
+from mpi_ensemble import collective, data_parallel, startup, training  # noqa: E402
 
 
 def main():
@@ -28,7 +28,7 @@ def main():
 
     comm = MPI.COMM_WORLD
     rank, size = comm.Get_rank(), comm.Get_size()
-    keras = runtime.import_keras(1)
+    keras = startup.import_keras(1)
     rng = np.random.default_rng(1)
     x = rng.random((64, 28, 28, 1), dtype=np.float32)
     y = rng.integers(0, 10, 64).astype(np.int64)

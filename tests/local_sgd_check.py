@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mpi_ensemble import data, local_sgd, runtime, training
+from mpi_ensemble import data, local_sgd, startup, training
 
 LEARNING_RATE = 0.05
 SETTINGS = {"epochs": 2, "batch_size": 8, "validation_split": 0.0, "precision": "float32", "steps_per_execution": 1}
@@ -60,7 +60,7 @@ def main():
     from mpi4py import MPI
 
     comm = MPI.COMM_WORLD
-    keras = runtime.import_keras(1)
+    keras = startup.import_keras(1)
     rng = np.random.default_rng(3)
     x = rng.random((comm.Get_size() * 40, 28, 28, 1), dtype=np.float32)
     y = rng.integers(0, 10, len(x)).astype(np.int64)

@@ -4,6 +4,7 @@ import importlib.util
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from conftest import ROOT
@@ -106,6 +107,17 @@ def test_probe_emulates_the_avx2_kind_only_on_an_avx512_cpu():
     assert avx2["plain fit, auto"]["PROBE_PIPELINE"] == "keras"  # the issue's probe: Keras' own pipeline
 
 
+def test_probe_plain_fit_times_its_two_epochs():
+    """The probe's plain-`fit` row (PROBE_PIPELINE=keras): Keras' own pipeline, its two epochs timed."""
+    import keras  # not import_keras: another test in this process may have started TensorFlow's thread pools
+
+    rng = np.random.default_rng(0)
+    x, y = rng.random((64, 28, 28, 1), dtype=np.float32), np.arange(64, dtype=np.int64) % 10
+    net, facts = load_probe().plain_fit(keras, x, y, 0, [])
+    assert len(facts["epoch_seconds"]) == 2 and all(s > 0 for s in facts["epoch_seconds"])
+    assert net.count_params() == 93322
+
+
 def test_probe_profile_per_step_and_conv_gflops():
     probe = load_probe()
     line = ("onednn_verbose,v1,primitive,exec,cpu,convolution,jit:avx2,backward_weights,src:f32::blocked:acdb::f0,,"
@@ -138,6 +150,14 @@ def test_probe_rows_judge_every_repeat_against_the_limit_and_pair_seeds():
     assert auto["accuracy_sd"] == pytest.approx(0.01)
 
 
+# The CNN's FLOPs per image, by hand (2 per multiply-add): the convolutions 2·3·3·1·26·26·32 = 389,376,
+# 2·3·3·32·11·11·64 = 4,460,544 and 2·3·3·64·3·3·64 = 663,552, the dense layers 2·576·64 = 73,728 and 2·64·10 = 1,280:
+# a forward pass 5,588,480; a training step adds every weight gradient (the same again) and every input gradient but
+# the first convolution's (5,199,104).
+FORWARD_FLOPS = 5_588_480
+TRAINING_FLOPS = 2 * FORWARD_FLOPS + FORWARD_FLOPS - 389_376
+
+
 def test_probe_scaling_and_summary_share_one_gflops_formula(tmp_path):
     """The same 2-rank run (records of 24,000 training and 6,000 validated images per rank, 5 epochs, slowest rank
     40 s, 1 core each) gives the same GFLOP/s per core in summary.csv, in the scaling benchmark and, for one rank's
@@ -161,9 +181,9 @@ def test_probe_scaling_and_summary_share_one_gflops_formula(tmp_path):
     scaling = load_script().Bench.measure(bench, "ours", 2, 1, "float32", records, 50.0, 0.9)
     one_epoch = load_probe().rates({"images": 24000, "validation_images": 6000, "wall_s": 8.0, "cpu_s": 8.0,
                                     "runqueue_s": 0.0})
-    per_core = (24000 * model.training_flops_per_image() + 6000 * model.forward_flops()) * 2 * 5 / 40.0 / 2 / 1e9
+    per_core = (24000 * TRAINING_FLOPS + 6000 * FORWARD_FLOPS) * 2 * 5 / 40.0 / 2 / 1e9
     assert summary["gflops_per_core"] == pytest.approx(per_core) == pytest.approx(scaling["gflops_core"])
-    assert one_epoch["gflops"] == pytest.approx(model.gflops(24000, 6000, 1, 8.0))
+    assert one_epoch["gflops"] == pytest.approx((24000 * TRAINING_FLOPS + 6000 * FORWARD_FLOPS) / 8.0 / 1e9)
     # Training images alone would understate it by the validation passes' share, about 7 % at validation_split 0.2.
     assert 0.06 < 1 - 24000 * model.training_flops_per_image() / model.fit_flops(24000, 6000) < 0.09
     json.dumps(scaling)

@@ -15,7 +15,8 @@ import time
 
 import pytest
 import slurm_cluster
-from conftest import ROOT, project_copy, skip_unless_slurm, snakemake
+import yaml
+from conftest import ROOT, assert_audit_clean, project_copy, skip_unless_slurm, snakemake
 
 from mpi_ensemble import runtime
 
@@ -74,59 +75,59 @@ def test_one_rank_under_a_scheduler_launcher_is_a_singleton(launcher, ranks, exp
     assert runtime.rank_launcher(launcher, ranks) == expected
 
 
-def test_placement_asks_for_enough_nodes():
-    assert runtime.placement(3, 0) == {}
-    assert runtime.placement(3, 1) == {"nodes": 3}
-    assert runtime.placement(5, 2) == {"nodes": 3} and runtime.placement(4, 2) == {"nodes": 2}
+def test_placement_asks_for_enough_nodes_and_spreads_them_evenly():
+    assert runtime.placement(3, 0) == {"tasks": 3}
+    assert runtime.placement(3, 1) == {"tasks": 3, "nodes": 3}
+    assert runtime.placement(5, 2) == {"tasks_per_node": 2, "nodes": 3}  # 2 + 2 + 1, never 3 + 1 + 1
+    assert runtime.placement(4, 2) == {"tasks_per_node": 2, "nodes": 2}
+    assert runtime.placement(2, 4) == {"tasks_per_node": 2, "nodes": 1} and runtime.placement(1, 2) == {"tasks": 1}
     with pytest.raises(ValueError, match="ranks_per_node"):
         runtime.placement(2, -1)
 
 
-def test_slurm_profile_sets_launcher_and_placement_once():
-    """One launcher and one placement for every MPI rule, as the profile's default resources (no configfile a
-    user's --configfile would replace); no per-rule entries."""
+def test_the_executor_chooses_the_launcher_and_a_configured_one_wins_with_a_warning_under_slurm():
+    assert runtime.choose_launcher(None, "slurm")[0] == "srun --mpi=pmi2"
+    assert runtime.choose_launcher(None, "slurm-jobstep")[0] == "srun --mpi=pmi2"  # inside the job
+    assert runtime.choose_launcher(None, "local")[0] == "mpiexec"
+    assert runtime.choose_launcher(None, None)[0] == "mpiexec"
+    assert runtime.choose_launcher("srun --mpi=pmix", "slurm") == ("srun --mpi=pmix", "config key mpi_launcher", None)
+    launcher, _, warning = runtime.choose_launcher("mpiexec", "slurm-jobstep")
+    assert launcher == "mpiexec" and "may all start on the first node" in warning
+    assert runtime.choose_launcher("/opt/mpi/bin/mpirun", "local")[2] is None
+
+
+def test_slurm_profile_lives_where_snakedeploy_copies_it_and_leaves_mpi_to_the_workflow():
+    """profiles/slurm (snakedeploy copies the top-level profiles/ into a deployed project); it sets no launcher or
+    placement of its own, which a user's --default-resources or --configfile would silently drop."""
     import yaml
 
     profile = yaml.safe_load((ROOT / "profiles/slurm/config.yaml").read_text())
     assert profile["executor"] == "slurm" and profile["default-resources"]["runtime"] > 0
-    assert "set-resources" not in profile and "configfile" not in profile and "config" not in profile
-    assert profile["default-resources"]["mpi_launcher"] == "'srun --mpi=pmi2'"
-    assert profile["default-resources"]["ranks_per_node"] == 0
+    assert not {"set-resources", "configfile", "config"} & set(profile)
+    assert not {"mpi_launcher", "ranks_per_node", "mpi"} & set(profile["default-resources"])
+    assert not (ROOT / "workflow" / "profiles").exists()
 
 
-@pytest.mark.parametrize("own, launcher", [("epochs: 1\n", "srun --mpi=pmi2"),
-                                           ("mpi_launcher: srun --mpi=pmix\n", "srun --mpi=pmix")])
-def test_own_configfile_keeps_the_profile_launcher_unless_it_names_one(tmp_path, own, launcher):
-    """A --configfile of one's own with the SLURM profile: the ranks still start with srun as one job step, the
-    profile's; a launcher the file names wins."""
-    work = project_copy(tmp_path)
-    (tmp_path / "my.yaml").write_text(own)
-    out = snakemake(work, *PROFILE, "-n", "-p", "--configfile", str(tmp_path / "my.yaml"), "--config", *SMALL[:2],
-                    "ranks=[2]", "seeds=[0]", "baseline_threads=[1]")
-    text = out.stdout + out.stderr
-    for rule in ("train_mpi_ranks2", "train_data_parallel_ranks2"):
-        block = text[text.index(f"rule {rule}:"):]
-        block = block[:block.index("\n\n")]
-        assert f"{launcher} -n 2 --cpus-per-task=1 --kill-on-bad-exit=1 python -m mpi4py" in block, block
-        assert "mpiexec" not in block, block
-
-
-def test_dry_run_requests_per_rank_cpus_not_threads(tmp_path):
+@pytest.mark.parametrize("per_node, expected", [
+    (0, {2: "tasks=2", 3: "tasks=3"}),
+    (1, {2: "tasks=2, nodes=2", 3: "tasks=3, nodes=3"}),
+    (2, {2: "tasks_per_node=2, nodes=1", 3: "tasks_per_node=2, nodes=2"}),
+])
+def test_dry_run_requests_per_rank_cpus_not_threads_placed_as_asked(tmp_path, per_node, expected):
     """What the plugin sees (dry run, no cluster): N tasks with cores // N CPUs each, never N × threads, every
-    world size and both MPI methods with the profile's launcher; `ranks_per_node` adds the nodes."""
+    world size and both MPI methods; `ranks_per_node` k spreads them, k > 1 as k tasks on each of ceil(N / k)
+    nodes (sbatch --ntasks-per-node=k), so SLURM cannot put them unevenly."""
     work = project_copy(tmp_path)
     out = snakemake(work, *PROFILE, "-n", "--config", *SMALL[:-2], "ranks=[1,2,3]", "seeds=[0]",
-                    "control_ranks=all", "ranks_per_node=1")
+                    "control_ranks=all", f"ranks_per_node={per_node}")
     text = out.stdout + out.stderr
     for rule, n in [("train_mpi_ranks2", 2), ("train_data_parallel_ranks2", 2), ("train_mpi_ranks3", 3),
                     ("train_data_parallel_ranks3", 3)]:
         block = text[text.index(f"rule {rule}:"):]
         resources = block[block.index("resources:"):].splitlines()[0]
-        assert "mpi=srun --mpi=pmi2" in resources and f"tasks={n}" in resources, resources
-        assert "cpus_per_task=1," in resources and f"nodes={n}" in resources, resources
-        assert f"srun --mpi=pmi2 -n {n} --cpus-per-task=1 --kill-on-bad-exit=1 python -m mpi4py" in block
+        assert "cpus_per_task=1," in resources and resources.endswith(expected[n]), resources
     block = text[text.index("rule train_mpi_ranks1:"):]
-    assert "mpi=, tasks=1" in block[block.index("resources:"):].splitlines()[0]
+    assert "tasks=1" in block[block.index("resources:"):].splitlines()[0]
 
 
 # --- the real cluster --------------------------------------------------------------------------------------
@@ -189,10 +190,24 @@ def test_a_rank_failing_at_start_up_ends_the_srun_step(cluster, tmp_path):
     assert time.monotonic() - start < 60, info
 
 
+# The user's own config and default resources: neither may take srun away from the MPI jobs.
+OWN_CONFIG = {"max_train_images": 4000, "max_test_images": 500, "epochs": 1, "ranks": [1, 2], "seeds": [0],
+              "local_sgd_periods": [], "baseline_threads": [1]}
+OWN_RESOURCES = ["--default-resources", "mem_mb_per_cpu=1500", "runtime=30"]
+
+
 @pytest.fixture(scope="module")
 def slurm_run(cluster, tmp_path_factory):
-    work = project_copy(tmp_path_factory.mktemp("slurm_work"))
-    out = snakemake(work, *PROFILE, "--config", *SMALL, env={"SLURM_CONF": str(cluster.conf)}, timeout=1500)
+    """The journey of a user on a cluster: the workflow as a module in a folder of their own, its rules renamed
+    `mpi_*`, submitted through the SLURM profile with their own --configfile and --default-resources."""
+    from test_deploy import module_project
+
+    clone = project_copy(tmp_path_factory.mktemp("slurm_clone"))
+    work = module_project(tmp_path_factory.mktemp("slurm_work") / "project", clone / "workflow" / "Snakefile", {},
+                          prefix="mpi_")
+    (work / "mine.yaml").write_text(yaml.safe_dump(OWN_CONFIG))
+    out = snakemake(work, *PROFILE, "--configfile", "mine.yaml", *OWN_RESOURCES, env={"SLURM_CONF": str(cluster.conf)},
+                    timeout=1500)
     return work, out.stdout + out.stderr
 
 
@@ -208,8 +223,9 @@ def rank_records(work, n=2):
     return [json.loads((work / f"results/models/ranks{n}/seed0/rank{r}.json").read_text()) for r in range(n)]
 
 
-def test_outputs_match_the_local_run(slurm_run):
+def test_the_cluster_run_audits_clean_and_its_outputs_are_the_workflows(slurm_run):
     work, _ = slurm_run
+    assert_audit_clean(work)
     with open(work / "results" / "summary.csv") as handle:
         rows = list(csv.DictReader(handle))
     paper_rows = [r for r in rows if r["method"] in ("sequential", "ensemble_majority")]
@@ -225,30 +241,33 @@ def test_outputs_match_the_local_run(slurm_run):
         assert 0 < float(row["fit_seconds_mean"]) <= float(row["fit_seconds_max"]) < float(row["job_seconds"])
     ensemble = next(r for r in rows if r["method"] == "ensemble_majority" and r["ranks"] == "2")
     assert int(ensemble["train_images_per_rank"]) == 1600  # 0.8 of 4000 / 2
+    # srun starts the ranks under slurmstepd, outside the job's process tree that Snakemake's benchmark samples:
+    # no job memory for the 2-rank job, rather than the srun client's; the 1-process jobs have theirs.
+    assert ensemble["train_job_max_rss_mib"] == "" and float(ensemble["rank_peak_rss_mib"]) > 100
+    assert float(next(r for r in paper_rows if r["method"] == "sequential")["train_job_max_rss_mib"]) > 100
     for r in range(2):
         assert (work / f"results/models/ranks2/seed0/rank{r}.keras").stat().st_size > 100_000
-    for name in ("fig5_sequential.png", "fig6_scaling.png"):
-        png = (work / "results" / "figures" / name).read_bytes()
-        assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 20_000
 
 
 def test_compute_jobs_were_submitted_and_the_rest_ran_locally(slurm_run):
+    """The prefixed rules keep what each rule says of itself: fetching, voting and summarizing run beside
+    Snakemake (compute nodes often have no internet), training is submitted."""
     work, log = slurm_run
     rules = submitted_rules(log)
-    assert set(rules) == {"preprocess", "train_sequential", "train_mpi_ranks1", "train_mpi_ranks2",
-                          "train_data_parallel_ranks2", "train_weight_average_shared_start_ranks2"}, log[-3000:]
-    assert len(rules["train_sequential"]) == 1 and len(rules["train_mpi_ranks2"]) == 1
+    assert set(rules) == {"mpi_preprocess", "mpi_train_sequential", "mpi_train_mpi_ranks1", "mpi_train_mpi_ranks2",
+                          "mpi_train_data_parallel_ranks2", "mpi_train_weight_average_shared_start_ranks2"}, log[-3000:]
+    assert len(rules["mpi_train_sequential"]) == 1 and len(rules["mpi_train_mpi_ranks2"]) == 1
     for rule in ("fetch_data", "ensemble", "vote_variants", "weight_average", "single_shard", "summarize", "figures",
                  "tables", "audit"):
-        assert f"localrule {rule}:" in log
+        assert f"localrule mpi_{rule}:" in log
     record = json.loads((work / "results/sequential/threads1/seed0/result.json").read_text())
-    assert record["scheduler"]["SLURM_JOB_ID"] in rules["train_sequential"]
+    assert record["scheduler"]["SLURM_JOB_ID"] in rules["mpi_train_sequential"]
 
 
 def test_one_rank_runs_as_a_singleton_in_a_one_task_job(slurm_run, cluster):
     """The plugin refuses MPI jobs of one task; the profile's empty launcher runs rank 0 as an MPI singleton."""
     work, log = slurm_run
-    [job_id] = submitted_rules(log)["train_mpi_ranks1"]
+    [job_id] = submitted_rules(log)["mpi_train_mpi_ranks1"]
     [record] = rank_records(work, 1)
     assert record["ranks"] == 1 and record["scheduler"]["SLURM_JOB_ID"] == job_id
     assert record["thread_settings"]["threads"] == 2 and record["oversubscribed"] is False
@@ -256,9 +275,13 @@ def test_one_rank_runs_as_a_singleton_in_a_one_task_job(slurm_run, cluster):
     assert "NumTasks=1" in job and "CPUs/Task=2" in job, job
 
 
-def test_mpi_job_is_one_two_rank_step_in_one_allocation(slurm_run, cluster):
+def test_mpi_job_is_one_two_rank_srun_step_in_one_allocation(slurm_run, cluster):
+    """The user's --default-resources replaced the profile's, and their --configfile names no launcher: the SLURM
+    executor still starts the ranks with srun, one step of the job."""
     work, log = slurm_run
-    [job_id] = submitted_rules(log)["train_mpi_ranks2"]
+    [job_id] = submitted_rules(log)["mpi_train_mpi_ranks2"]
+    assert "MPI jobs: launcher `srun --mpi=pmi2` (the slurm executor)" in log
+    assert "srun --mpi=pmi2 -n 2 --cpus-per-task=1 --kill-on-bad-exit=1 " in log and "mpiexec -n 2" not in log
     records = rank_records(work)
     for r, record in enumerate(records):
         assert record["ranks"] == 2 and record["rank"] == r
@@ -273,17 +296,17 @@ def test_mpi_job_is_one_two_rank_step_in_one_allocation(slurm_run, cluster):
 
 
 def test_mpiexec_inside_the_allocation_also_gives_one_world(slurm_run, cluster):
-    """One rule's launcher set to the pip MPICH's mpiexec (a --set-resources entry beats the profile's
-    mpi_launcher): Hydra inside the allocation, still one 2-rank world in one job."""
+    """One rule's launcher set to the pip MPICH's mpiexec (a --set-resources entry beats the executor's choice):
+    Hydra inside the allocation, still one 2-rank world in one job."""
     work, log = slurm_run
-    [first_job] = submitted_rules(log)["train_mpi_ranks2"]
+    [first_job] = submitted_rules(log)["mpi_train_mpi_ranks2"]
     # Only the training job's own outputs: what depends on them is the first run's business.
     targets = [f"results/models/ranks2/seed0/rank{r}.json" for r in range(2)]
-    out = snakemake(work, *PROFILE, "--set-resources", "train_mpi_ranks2:mpi='mpiexec'", "--forcerun",
-                    "train_mpi_ranks2", "--config", *SMALL, "--", *targets, env={"SLURM_CONF": str(cluster.conf)},
-                    timeout=900)
+    out = snakemake(work, *PROFILE, "--configfile", "mine.yaml", *OWN_RESOURCES, "--set-resources",
+                    "mpi_train_mpi_ranks2:mpi='mpiexec'", "--forcerun", "mpi_train_mpi_ranks2", "--", *targets,
+                    env={"SLURM_CONF": str(cluster.conf)}, timeout=900)
     text = out.stdout + out.stderr
-    [job_id] = submitted_rules(text)["train_mpi_ranks2"]
+    [job_id] = submitted_rules(text)["mpi_train_mpi_ranks2"]
     assert job_id != first_job and "mpiexec -n 2" in text
     records = rank_records(work)
     assert [r["rank"] for r in records] == [0, 1] and all(r["ranks"] == 2 for r in records)

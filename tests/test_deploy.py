@@ -1,6 +1,7 @@
 """Deployment: the workflow as a module in a user's own folder, the software stacks stating the same pins, the
 launcher found inside a conda job's environment, one version number, and the prerequisites the Makefile checks."""
 
+import ast
 import json
 import os
 import re
@@ -78,6 +79,132 @@ def test_every_conda_env_installs_the_package_of_this_version():
         script = (ROOT / "envs" / f"{env}.post-deploy.sh").read_text()
         assert f"mpi-ensemble {mpi_ensemble.__version__}" in script
         assert "pip install --no-deps ${MPI_ENSEMBLE_SOURCE:?" in script
+
+
+# --- every rule's env holds what its code imports ------------------------------------------------------------
+
+
+def env_closure(pins):
+    """The distributions of .venv (this test's Python) that an env of these pins holds: each pin and, recursively,
+    what it requires here (markers evaluated, no extras)."""
+    from importlib import metadata
+
+    from packaging.requirements import Requirement
+
+    found, todo = {}, list(pins)
+    while todo:
+        name = canonical(todo.pop())
+        if name in found:
+            continue
+        found[name] = dist = metadata.distribution(name)
+        for spec in dist.requires or []:
+            requirement = Requirement(spec)
+            if requirement.marker is None or requirement.marker.evaluate({"extra": ""}):
+                todo.append(requirement.name)
+    return found
+
+
+def env_venv(env_file, dest):
+    """A venv that holds only what `env_file` pins (their files linked from .venv), and this workflow's package,
+    as the env's post-deploy script installs it; returns its python."""
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(dest)], check=True)
+    site = dest / "lib" / f"python{sys.version_info.major}.{sys.version_info.minor}" / "site-packages"
+    for dist in env_closure(conda_env_pins(env_file)).values():
+        for file in dist.files or []:
+            target = Path(os.path.normpath(site / file))  # libraries and launchers sit in ../../ of site-packages
+            if target.is_relative_to(dest) and not target.exists():
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.symlink_to(dist.locate_file(file))
+    (site / "mpi_ensemble.pth").write_text(f"{ROOT / 'src'}\n")
+    return dest / "bin" / "python"
+
+
+def rule_envs():
+    """{CLI sub-command: its rule's env}, read from the rule files: each rule's `conda:` and the sub-command its
+    shell calls (the rules of methods.TOGETHER call theirs through params.command)."""
+    from mpi_ensemble import methods
+
+    found = {}
+    for smk in (ROOT / "workflow" / "rules").glob("*.smk"):
+        for block in re.split(r"\n(?=[ \t]*rule\b)", "\n" + smk.read_text())[1:]:
+            env = re.search(r'conda:\s*"\.\./\.\./envs/(\w+)\.yaml"', block)[1]
+            calls = re.findall(r"\{CLI\} (\w+)", block) + re.findall(r'mpi_shell\("(\w+)"', block)
+            calls += [m.train for m in methods.TOGETHER] if "{params.command}" in block else []
+            found.update((call, env) for call in calls)
+    return found
+
+
+def imported_names(module):
+    """(third-party packages, modules of this package) that a module of mpi_ensemble imports anywhere in it."""
+    tree = ast.parse((ROOT / "src" / "mpi_ensemble" / f"{module}.py").read_text())
+    outside, inside = set(), set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            outside.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level:
+            inside.update([node.module.split(".")[0]] if node.module else [a.name for a in node.names])
+        elif isinstance(node, ast.ImportFrom):
+            outside.add(node.module.split(".")[0])
+    return outside - set(sys.stdlib_module_names), inside
+
+
+def imports_of(sub_command):
+    """Every third-party package the code of a sub-command can import: the modules its function in cli.py
+    imports, and everything they import, anywhere in them."""
+    tree = ast.parse((ROOT / "src" / "mpi_ensemble" / "cli.py").read_text())
+    [function] = [n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == sub_command]
+    todo = ["cli", "data", "runtime"] + [a.name for n in ast.walk(function) if isinstance(n, ast.ImportFrom) for a in n.names]
+    outside, seen = set(), set()
+    while todo:
+        module = todo.pop()
+        if module not in seen:
+            seen.add(module)
+            found, inside = imported_names(module)
+            outside |= found
+            todo += inside
+    return outside, seen
+
+
+def test_every_rules_env_holds_what_its_code_imports(tmp_path):
+    """--sdm conda: in a venv built from only an env's pins (and the package, as its post-deploy script installs
+    it), every module the code of each of that env's rules can import imports: its sub-command's modules of this
+    package and every third-party package they name, anywhere in them (the audit's pandas and Pillow were missing
+    from envs/train.yaml once)."""
+    from mpi_ensemble import cli
+
+    envs = rule_envs()
+    assert set(envs) == set(cli.build_parser()._subparsers._group_actions[0].choices) - {"clean_shm"}
+    assert set(envs.values()) == {"data", "train", "summarize"}
+    python = {name: env_venv(ROOT / "envs" / f"{name}.yaml", tmp_path / name) for name in set(envs.values())}
+    for env, interpreter in python.items():
+        subs = [sub for sub, e in envs.items() if e == env]
+        packages, modules = set(), set()
+        for sub in subs:
+            outside, inside = imports_of(sub)
+            packages |= outside
+            modules |= inside
+        code = "; ".join([f"import {p}" for p in sorted(packages)] +
+                         [f"import mpi_ensemble.{m}" for m in sorted(modules)] +
+                         (["from mpi4py import MPI"] if "mpi4py" in packages else []))
+        run = subprocess.run([str(interpreter), "-c", code], capture_output=True, text=True, timeout=300,
+                             env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+        assert run.returncode == 0, f"envs/{env}.yaml lacks what {', '.join(subs)} import:\n{run.stderr[-2000:]}"
+    assert "pandas" not in imports_of("audit")[0] and "tensorflow" not in imports_of("summarize")[0]
+
+
+def test_the_post_deploy_script_installs_the_package_and_writes_nothing_into_the_workflow(tmp_path):
+    """What --sdm conda runs once in each new env: the package of a local copy, built from a copy of its own."""
+    clone = tagged_clone(tmp_path / "clone")
+    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(tmp_path / "env")], check=True)
+    env = {**os.environ, "PATH": f"{tmp_path / 'env' / 'bin'}:{os.environ['PATH']}", "MPI_ENSEMBLE_SOURCE": str(clone)}
+    env.pop("VIRTUAL_ENV", None)
+    run = subprocess.run(["bash", str(ROOT / "envs" / "train.post-deploy.sh")], capture_output=True, text=True,
+                         timeout=600, env=env)
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+    installed = subprocess.run([str(tmp_path / "env" / "bin" / "python"), "-m", "pip", "show", "-f", "mpi-ensemble"],
+                               capture_output=True, text=True).stdout
+    assert f"Version: {mpi_ensemble.__version__}" in installed and "Editable project location" not in installed
+    assert git(clone, "status", "--porcelain", "--ignored") == ""
 
 
 # --- one version, the catalog's usage, the citation ----------------------------------------------------------

@@ -727,7 +727,9 @@ def stop_held(cmd, hold, rank, epoch, sig):
 
 def test_data_parallel_rank_killed_in_epoch_3_resumes_to_the_same_weights(small_arrays, tmp_path):
     """Rank 1 of 2 SIGKILLed as epoch 3 of 5 starts: the launcher takes the job down; rank 0's checkpoint of
-    epoch 2 serves both ranks on the rerun, whose model is bitwise the uninterrupted one's."""
+    epoch 2 serves both ranks on the rerun, whose model is bitwise the uninterrupted one's. The rerun gives rank 1
+    alone a kernel variable that was not set before (at its default value, so the bits stay): every rank compares
+    its own environment with the checkpoint's, so the resume is recorded as not bitwise, naming rank 1."""
     checkpoints = tmp_path / "checkpoints" / "dp"
     clean, cut = tmp_path / "clean", tmp_path / "cut"
     run_to_end(trainer("train_data_parallel", small_arrays, clean, checkpoints, ranks=2))
@@ -739,12 +741,18 @@ def test_data_parallel_rank_killed_in_epoch_3_resumes_to_the_same_weights(small_
     assert status != 0 and not (cut / "model.keras").exists(), output[-3000:]
     assert [p.name for p in (checkpoints / "rank0").iterdir()] == ["epoch2"]
 
-    output = run_to_end(trainer("train_data_parallel", small_arrays, cut, checkpoints, ranks=2))
+    launcher, _, ranks, *rank_command = trainer("train_data_parallel", small_arrays, cut, checkpoints, ranks=2)
+    output = run_to_end([launcher, "-n", "1", *rank_command, ":", "-n", "1", "-env", "ONEDNN_DEFAULT_FPMATH_MODE",
+                         "strict", *rank_command])
     records = [json.loads((cut / f"rank{r}.json").read_text()) for r in range(2)]
     print(f"\ndata-parallel rank 1 killed in epoch 3/5: resumed from epoch {records[0]['resumed_from_epoch']}; "
-          f"weights {records[0]['weights_sha256']}, uninterrupted {reference}")
+          f"weights {records[0]['weights_sha256']}, uninterrupted {reference}; changes {records[0]['resume_changes']}")
     assert [r["resumed_from_epoch"] for r in records] == [2, 2]
     assert {r["weights_sha256"] for r in records} == {reference}
+    for record in records:
+        assert record["resumed_exactly"] is False
+        [change] = record["resume_changes"]
+        assert change.startswith("rank 1: kernel_env: ") and "ONEDNN_DEFAULT_FPMATH_MODE" in change
     assert "data_parallel rank 1/2 epoch 3/5: loss " in output and "rank 1/2 epoch 2/5" not in output
     assert len((cut / "history.csv").read_text().splitlines()) == 1 + 5
     assert not checkpoints.exists()

@@ -6,6 +6,7 @@ weights of a job that was never cut.
 Skipped without root or SLURM (a failure with REQUIRE_SLURM=1, as in CI), like the other cluster tests.
 """
 
+import csv
 import json
 import os
 import signal
@@ -15,7 +16,7 @@ from pathlib import Path
 
 import faults
 import pytest
-from conftest import BIN, ENSEMBLE_RECORDS, RESUME, ROOT, hooked, project_copy, resume_point
+from conftest import BIN, ENSEMBLE_RECORDS, RESUME, ROOT, assert_audit_clean, hooked, project_copy, resume_point
 from test_cluster import PROFILE, cluster, cluster_available  # noqa: F401  (the cluster fixtures, as they are)
 from test_faults import wait_for
 
@@ -47,16 +48,18 @@ def test_slurm_profile_requeues_preempted_and_resubmits_failed_jobs():
     assert profile["slurm-requeue"] is True and profile["retries"] >= 1
 
 
-def test_requeued_training_job_resumes_to_the_weights_of_an_uncut_one(cluster, uncut_ensemble, tmp_path):
+def test_requeued_training_job_resumes_to_the_weights_of_an_uncut_one_and_audits_clean(cluster, uncut_ensemble,
+                                                                                        tmp_path):
+    """The whole workflow through the SLURM profile; its 2-rank training job is requeued in epoch 3, resumes, and
+    the run goes on to its audit, which is clean: the resumed row's times are empty, its accuracy counts."""
     _, uncut = uncut_ensemble  # the same job, never cut (locally, 1 thread per rank)
 
     work = project_copy(tmp_path / "work")
     hold = tmp_path / "hold"
     env = hooked({**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "SLURM_CONF": str(cluster.conf),
                   faults.HOLD_ENV: "1", faults.HOLD_FILE_ENV: str(hold), faults.HOLD_EPOCH_ENV: "3"})
-    run = subprocess.Popen([str(BIN / "snakemake"), "--cores", "2", *PROFILE, "--config", *CONFIG, "--", *RECORDS],
-                           cwd=work, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                           start_new_session=True)
+    run = subprocess.Popen([str(BIN / "snakemake"), "--cores", "2", *PROFILE, "--config", *CONFIG], cwd=work, env=env,
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     try:
         # Rank 1 announces that it is inside epoch 3 of 5 (epochs 1-2 checkpointed) and waits there.
         announce = Path(f"{hold}.rank1")
@@ -92,3 +95,7 @@ def test_requeued_training_job_resumes_to_the_weights_of_an_uncut_one(cluster, u
     log = (work / "logs" / "train_mpi" / "ranks2" / "seed0.log").read_text()
     assert "resuming after epoch 2" in log and "ensemble_member rank 1/2 epoch 5/5: loss " in log
     assert not (work / "results" / "checkpoints").exists()
+    assert_audit_clean(work)
+    rows = {(r["method"], r["ranks"]): r for r in csv.DictReader(open(work / "results" / "summary.csv"))}
+    resumed = rows[("ensemble_majority", "2")]
+    assert int(resumed["resumed_from_epoch"]) >= 2 and resumed["fit_seconds_max"] == resumed["job_seconds"] == ""

@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from conftest import ROOT
-from mpi_ensemble import records, runtime
+from mpi_ensemble import records, runtime, startup
 
 # /proc/cpuinfo flags (vector part) of the CPU kinds users have.
 ZEN3 = {"fpu", "sse4_1", "sse4_2", "avx", "avx2", "fma", "f16c", "bmi2"}
@@ -47,7 +47,7 @@ def test_apply_fills_only_what_the_user_left_unset_and_records_it():
     environ = {"TF_ENABLE_ONEDNN_OPTS": "0", "ONEDNN_MAX_CPU_ISA": "AVX2", "HOME": "/root"}
     assert runtime.apply_cpu_settings("auto", ZEN3, environ) == {}  # the user's 0 wins
     assert environ["TF_ENABLE_ONEDNN_OPTS"] == "0"
-    recorded = runtime.kernel_settings(ZEN3, environ)
+    recorded = startup.kernel_settings(ZEN3, environ)
     assert {k: recorded[k] for k in ("cpu_kind", "cpu_tuning", "env")} == {
         "cpu_kind": "avx2", "cpu_tuning": "auto",
         "env": {"TF_ENABLE_ONEDNN_OPTS": "0", "ONEDNN_MAX_CPU_ISA": "AVX2", runtime.CPU_TUNING_ENV: "auto"},
@@ -60,7 +60,7 @@ def test_apply_fills_only_what_the_user_left_unset_and_records_it():
 def test_apply_reads_the_tuning_from_the_environment_the_cli_sets():
     environ = {runtime.CPU_TUNING_ENV: "tensorflow"}
     assert runtime.apply_cpu_settings(None, ZEN3, environ) == {}
-    assert runtime.kernel_settings(ZEN3, environ)["cpu_tuning"] == "tensorflow"
+    assert startup.kernel_settings(ZEN3, environ)["cpu_tuning"] == "tensorflow"
     environ = {}
     assert runtime.apply_cpu_settings(None, ZEN3, environ) == {"TF_ENABLE_ONEDNN_OPTS": "1"}  # default: auto
 
@@ -77,8 +77,8 @@ def test_rank_record_carries_the_kernel_settings(monkeypatch):
 
 def tensorflow_process(**env):
     """A fresh process that imports Keras through the project's runtime; its kernel settings and TensorFlow's log."""
-    code = ("import json; from mpi_ensemble import runtime; runtime.import_keras(1); "
-            "print(json.dumps(runtime.kernel_settings()))")
+    code = ("import json; from mpi_ensemble import startup; startup.import_keras(1); "
+            "print(json.dumps(startup.kernel_settings()))")
     base = {k: v for k, v in os.environ.items() if k not in runtime.KERNEL_ENV}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
                          env={**base, "PYTHONPATH": str(ROOT / "src"), "TF_CPP_MIN_LOG_LEVEL": "0", **env})

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from conftest import BIN, ROOT
-from mpi_ensemble import checkpoint, collective, data_parallel, model, records, runtime, training
+from mpi_ensemble import checkpoint, collective, data_parallel, model, provenance, records, runtime, training
 
 # --- the model ------------------------------------------------------------------------------------------------
 
@@ -143,7 +143,7 @@ def test_cpu_flags_reads_the_flags_line(tmp_path):
     info.write_text("processor\t: 0\nflags\t\t: fpu avx2 avx512_bf16\nbugs\t: none\n")
     assert runtime.cpu_flags(info) == {"fpu", "avx2", "avx512_bf16"}
     assert runtime.cpu_flags(tmp_path / "missing") == set()
-    assert records.isa_flags({"fpu", "avx2", "fma", "amx_tile", "sse4_2", "aes"}) == ["amx_tile", "avx2", "fma", "sse4_2"]
+    assert provenance.isa_flags({"fpu", "avx2", "fma", "amx_tile", "sse4_2", "aes"}) == ["amx_tile", "avx2", "fma", "sse4_2"]
 
 
 # --- the input pipeline and fit -------------------------------------------------------------------------------
@@ -188,9 +188,12 @@ def test_fit_records_every_epoch_time_and_the_rank_record_carries_it():
     x = np.random.default_rng(0).random((40, 28, 28, 1), dtype=np.float32)
     y = np.arange(40, dtype=np.int64) % 10
     settings = {"epochs": 3, "batch_size": 16, "validation_split": 0.25, "precision": "float32"}
+    began = time.perf_counter()
     _, facts = training.fit(keras, x, y, seed=0, settings=settings)
+    spent = time.perf_counter() - began  # building the model, the epochs and nothing else
     assert len(facts["epoch_seconds"]) == 3 and all(s > 0 for s in facts["epoch_seconds"])
-    assert sum(facts["epoch_seconds"]) <= facts["fit_seconds"]
+    # The clock runs over the epochs, not beside them: they are most of the call (the first traces the step).
+    assert 0.5 * spent < sum(facts["epoch_seconds"]) <= facts["fit_seconds"] <= spent
     assert facts["train_images"] == 30 and facts["validation_images"] == 10
     record = records.rank_record("sequential", 0, 1, 0, settings, 2, 2, time.perf_counter(), facts)
     assert record["precision"] == "float32" and record["oversubscribed"] is False

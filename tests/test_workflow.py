@@ -59,7 +59,10 @@ def test_summary_rows_of_every_method(smoke_run):
         assert 0 < row.fit_seconds_mean <= row.fit_seconds_max < row.train_job_seconds <= row.job_seconds
         assert not row.oversubscribed and row.compute_precision == "float32" and row.cores_used >= 1
         assert row.images_per_second_per_core > 0 and row.cpu_seconds > 0 and row.rank_peak_rss_mib > 100
-        assert row.efficiency == pytest.approx(row.speedup / row.cores_used, rel=1e-5)  # 6 digits in the CSV
+        # Images per second per core against the 1-thread run's: the speed-up per core where the work is the same
+        # (all 4,800 images), half of it for rank 0 alone, which trains on half (6 digits in the CSV).
+        work = 0.5 if row.method == "single_shard" else 1.0
+        assert row.efficiency == pytest.approx(row.speedup / row.cores_used * work, rel=1e-5)
         if row.method != "sequential":
             assert not np.isnan(row.time_decrease_pct)
     by = by_method(rows)
@@ -78,6 +81,10 @@ def test_summary_rows_of_every_method(smoke_run):
     rank0 = json.loads((smoke_run / "results/models/ranks2/seed0/rank0.json").read_text())
     assert by[("single_shard", 2)].train_job_seconds == pytest.approx(rank0["wall_seconds"], rel=1e-5)
     assert by[("single_shard", 2)].train_job_seconds < ens2.train_job_seconds
+    # Every process is measured from its start to its saved model, before any scoring: the sequential run on all
+    # (2) threads and the 1-member ensemble (2 threads) train the same images and peak alike.
+    seq_all = rows[(rows.method == "sequential") & (rows.threads == "all")].iloc[0]
+    assert seq_all.rank_peak_rss_mib == pytest.approx(by[("ensemble_majority", 1)].rank_peak_rss_mib, rel=0.05)
 
 
 @pytest.mark.workflow
@@ -210,55 +217,84 @@ def test_figures_and_provenance(smoke_run):
 
 @pytest.mark.workflow
 def test_the_run_audits_itself_clean(smoke_run):
-    """The workflow's last rule recomputes every number it saved and finds nothing to disagree with."""
+    """The workflow's last rule recomputes every number it saved and finds nothing to disagree with; it counts
+    only what it compared."""
     verdict = (smoke_run / "results" / "audit.txt").read_text()
     assert verdict.startswith("audit: clean (") and len(verdict.splitlines()) == 1, verdict
-    checked = {k: int(v) for v, k in re.findall(
-        r"(\d+) (models|results|summary cells|statistics cells|figures|tables)", verdict)}
+    checked = {k: int(v) for v, k in re.findall(r"(\d+) ([a-z ]+?)(?:,| checked)", verdict)}
+    summary = summary_of(smoke_run)
     # 1 + 2 ensemble members, 2 sequential, 1 data-parallel, 2 local SGD, 1 shared start, 2 weight averages
-    assert checked["models"] == 11 and checked["results"] == len(summary_of(smoke_run)) == 15
-    assert checked["summary cells"] == 15 * len(summary_of(smoke_run).columns)
-    assert checked["statistics cells"] > 15 * 40 and checked["figures"] == len(FIGURES)
-    assert checked["tables"] == 2 + len(METHODS)
+    assert checked["models"] == 11 and checked["results"] == len(summary) == 15
+    assert checked["summary cells"] == summary.size  # every cell of every row: each is recomputed
+    stats = read_csv(smoke_run / "results" / "summary_stats.csv")
+    assert checked["statistics cells"] == stats.size - 5 * len(stats)  # all but 5 labels (method, ranks, ...)
+    assert checked["difference cells"] == 6 * len(read_csv(smoke_run / "results" / "method_differences.csv"))
+    assert checked["comparison cells"] == 10 * len(read_csv(smoke_run / "results" / "paper_comparison.csv"))
+    assert checked["rank time cells"] == 3 * len(read_csv(smoke_run / "results" / "rank_times.csv"))
+    assert checked["histories"] == 2 + 3 + 4  # sequential x 2, members (1 + 2), one model of each method of N ranks
+    assert checked["figures"] == len(FIGURES) and checked["tables"] == 2 + len(METHODS)
 
 
 def audit(work):
-    run = subprocess.run([str(BIN / "python"), "-m", "mpi_ensemble", "audit", "results"], cwd=work,
-                         capture_output=True, text=True, timeout=600, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3",
-                                                                            "PYTHONPATH": str(ROOT / "src")})
+    run = subprocess.run([str(BIN / "python"), "-m", "mpi_ensemble", "audit", "results", "--paper",
+                          str(ROOT / "paper" / "reported_results.csv")], cwd=work, capture_output=True, text=True,
+                         timeout=600, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": str(ROOT / "src")})
     return run.returncode, [line for line in run.stdout.splitlines() if line.startswith("results/")]
+
+
+def edit_csv(path, row, column, value):
+    """Set one cell of a results CSV (row: a function of the row's cells choosing it); returns its line number."""
+    frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    at = next(i for i, cells in frame.iterrows() if row(cells))
+    frame.loc[at, column] = value
+    frame.to_csv(path, index=False)
+    return at + 2
 
 
 @pytest.mark.workflow
 def test_the_audit_names_every_tampering(smoke_run, tmp_path):
-    """A copy of the smoke run's results, tampered three ways: a rank record's fit time doubled, two members'
-    models swapped, one accuracy cell of summary.csv changed. The audit names each, exits 1, and is clean on
-    the untouched folder."""
+    """A copy of the smoke run's results, tampered in every file the audit covers: a rank record's fit time doubled,
+    two members' models swapped, a cell of each table changed, a member's accuracy and a history value altered, a
+    figure deleted. The audit names each, exits 1, and is clean on the untouched folder."""
     work = tmp_path / "copy"
     shutil.copytree(smoke_run / "results", work / "results", ignore=shutil.ignore_patterns("report.html"))
     assert audit(work) == (0, [])
-    members = work / "results" / "models" / "ranks2" / "seed0"
+    res = work / "results"
+    members = res / "models" / "ranks2" / "seed0"
     record = json.loads((members / "rank1.json").read_text())
     (members / "rank1.json").write_text(json.dumps({**record, "fit_seconds": 2 * record["fit_seconds"]}))
     (members / "rank0.keras").rename(members / "swap.keras")
     (members / "rank1.keras").rename(members / "rank0.keras")
     (members / "swap.keras").rename(members / "rank1.keras")
-    summary = pd.read_csv(work / "results" / "summary.csv", dtype=str, keep_default_na=False)
-    row = summary.index[(summary.method == "sequential") & (summary.threads == "1")][0]
-    summary.loc[row, "accuracy"] = "0.5"
-    summary.to_csv(work / "results" / "summary.csv", index=False)
+    summary_line = edit_csv(res / "summary.csv", lambda c: c.method == "sequential" and c.threads == "1",
+                            "accuracy", "0.5")
+    edit_csv(res / "paper_comparison.csv", lambda c: c.metric == "time_decrease" and c.cores == "2", "ours_mean", "99")
+    edit_csv(res / "method_differences.csv", lambda c: c.method == "data_parallel", "exceeds_spread", "yes")
+    edit_csv(res / "rank_times.csv", lambda c: c.method == "data_parallel" and c["rank"] == "1", "fit_seconds", "0.1")
+    history = res / "data_parallel" / "ranks2" / "seed0" / "history.csv"
+    edit_csv(history, lambda c: c.epoch == "1", "val_accuracy", "0.123")
+    shard = res / "single_shard" / "ranks2" / "seed0" / "result.json"
+    (shard.write_text(json.dumps({**json.loads(shard.read_text()), "member_accuracy": [0.5]})))
+    (res / "figures" / "fig_voting.png").unlink()
     status, lines = audit(work)
     print("\n" + "\n".join(lines))
     assert status == 1
     said = "\n".join(lines)
-    assert f"results/models/ranks2/seed0/rank1.json" not in said  # the record itself is only known by its copies
+    assert "results/models/ranks2/seed0/rank1.json" not in said  # the record itself is only known by its copies
     assert "results/ensemble_majority/ranks2/seed0/result.json: rank_timing[1], column fit_seconds" in said
     assert "(ensemble_majority ranks=2 threads=1 seed=0), column fit_seconds_max" in said
     for rank in (0, 1):
         assert f"results/models/ranks2/seed0/rank{rank}.keras: -, column weights_sha256" in said
     assert "results/single_shard/ranks2/seed0/result.json: metrics, column accuracy" in said  # rank 0 is another
-    assert f"results/summary.csv: line {row + 2} (sequential ranks=1 threads=1 seed=0), column accuracy: value 0.5" in said
+    assert "results/single_shard/ranks2/seed0/result.json: member 0, column member_accuracy: value 0.5" in said
+    assert f"results/summary.csv: line {summary_line} (sequential ranks=1 threads=1 seed=0), column accuracy: value 0.5" \
+        in said
     assert "results/tables/summary.html: -, column made from summary.csv" in said  # built from the old summary
+    assert "results/paper_comparison.csv: laptop 2 time_decrease, column ours_mean: value 99" in said
+    assert "results/method_differences.csv: " in said and "column exceeds_spread: value yes" in said
+    assert "results/rank_times.csv: " in said and "column fit_seconds: value 0.1" in said
+    assert "results/data_parallel/ranks2/seed0/history.csv: epoch 1, column val_accuracy: value 0.123" in said
+    assert "results/figures/fig_voting.png: -, column file: value missing" in said
 
 
 @pytest.mark.workflow

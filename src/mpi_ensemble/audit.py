@@ -48,7 +48,8 @@ class Findings:
 
     def __init__(self):
         self.lines = []
-        self.checked = {"models": 0, "results": 0, "histories": 0, "summary cells": 0, "statistics cells": 0,
+        self.checked = {"models": 0, "results": 0, "result cells": 0, "histories": 0, "summary cells": 0,
+                        "statistics cells": 0,
                         "difference cells": 0, "comparison cells": 0, "rank time cells": 0, "figures": 0,
                         "tables": 0}
 
@@ -310,12 +311,12 @@ def rescore(folder, findings):
         scored[path] = outcome = recompute(folder, run, models)
         findings.checked["results"] += 1
         for key in ("accuracy", "precision", "recall", "f1"):
-            findings.compare("results", path, "metrics", key, result["metrics"][key], outcome[key])
-        findings.compare("results", path, "-", "ties", result["ties"], outcome["ties"])
+            findings.compare("result cells", path, "metrics", key, result["metrics"][key], outcome[key])
+        findings.compare("result cells", path, "-", "ties", result["ties"], outcome["ties"])
         if len(result["member_accuracy"]) != len(outcome["member_accuracy"]):
             findings.add(path, "-", "member_accuracy", result["member_accuracy"], outcome["member_accuracy"])
         for i, (a, b) in enumerate(zip(result["member_accuracy"], outcome["member_accuracy"])):
-            findings.compare("results", path, f"member {i}", "member_accuracy", a, b)
+            findings.compare("result cells", path, f"member {i}", "member_accuracy", a, b)
         if run.declared.saves_model and run.declared.made_of == "members":
             check_average(folder, path, result, models, findings)
         if run.method == "ensemble_majority":
@@ -353,7 +354,7 @@ def check_average(folder, path, result, models, findings):
     else:
         wanted = [read_json(m.with_suffix(".json"))["history"]["val_accuracy"][-1] for m in members]
     for i, (a, b) in enumerate(zip(result["averaging_weights"], wanted)):
-        findings.compare("results", path, f"member {i}", "averaging_weights", a, b)
+        findings.compare("result cells", path, f"member {i}", "averaging_weights", a, b)
     share = np.asarray(wanted, dtype=np.float64) / np.sum(wanted)
     layers = zip(*(folder.model(m)[1] for m in members))
     average = [sum(s * np.asarray(w, dtype=np.float64) for s, w in zip(share, layer)) for layer in layers]
@@ -732,9 +733,9 @@ def made_from(folder, findings):
 
 def audit(results_dir, paper_path):
     """Every check above on one results folder; returns the Findings."""
-    from . import runtime
+    from . import startup
 
-    folder = Folder(results_dir, runtime.import_keras(None))
+    folder = Folder(results_dir, startup.import_keras(None))
     findings = Findings()
     missing_tables = [name for name in TABLE_FILES if not (folder.root / name).is_file()]
     for name in missing_tables:

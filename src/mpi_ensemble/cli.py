@@ -26,7 +26,7 @@ def settings_of(args):
 
 
 def use_cpu_tuning(args):
-    """Hand --cpu-tuning to runtime.import_keras, which applies it before TensorFlow starts."""
+    """Hand --cpu-tuning to startup.import_keras, which applies it before TensorFlow starts."""
     os.environ[runtime.CPU_TUNING_ENV] = args.cpu_tuning
 
 

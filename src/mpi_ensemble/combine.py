@@ -9,7 +9,7 @@ that its job time is one model's evaluation, not the N members'. All results are
 
 import numpy as np
 
-from . import atomic, data, metrics, records, runtime, training, voting
+from . import atomic, data, metrics, records, startup, training, voting
 from .model import CLASSES
 # Other ways to combine the same N members: (winners, mask of the ties the rule had to break).
 VOTE_VARIANTS = {
@@ -42,7 +42,7 @@ def member_accuracy(probabilities, test_y):
 
 def ensemble(model_paths, record_paths, test_x_path, test_y_path, result_path, probabilities_path):
     """Majority vote of the N saved members (ties to the lowest class, as the paper's bincount().argmax())."""
-    keras = runtime.import_keras(1)
+    keras = startup.import_keras(1)
     members = member_records(record_paths, len(model_paths))
     test_x, test_y = data.load_arrays(test_x_path, test_y_path)
     probabilities = np.stack([training.predict(training.load_model(keras, p), test_x) for p in model_paths])
@@ -86,7 +86,7 @@ def single_shard(model_path, rank0_record_path, test_x_path, test_y_path, result
     if rank0["rank"] != 0:
         raise ValueError(f"single_shard needs rank 0's record, got rank {rank0['rank']}")
     test_x, test_y = data.load_arrays(test_x_path, test_y_path)
-    net = training.load_model(runtime.import_keras(1), model_path)
+    net = training.load_model(startup.import_keras(1), model_path)
     scores = metrics.classification_metrics(test_y, training.predict(net, test_x).argmax(axis=1), CLASSES)
     atomic.write_json(result_path, records.result_record("single_shard", [rank0], scores, shard=rank0["shard"]))
     return f"single_shard (1/{rank0['ranks']} of the data) seed={rank0['seed']}: accuracy {scores['accuracy']:.4f}"
@@ -119,7 +119,7 @@ WEIGHTINGS = {
 def weight_average(model_paths, record_paths, probabilities_path, test_x_path, test_y_path, outputs):
     """Both one-shot averages of the members' weights, each saved as a model and scored on the test set.
     `outputs`: {method: (model path, result path)}."""
-    keras = runtime.import_keras(1)
+    keras = startup.import_keras(1)
     members = member_records(record_paths, len(model_paths))
     test_x, test_y = data.load_arrays(test_x_path, test_y_path)
     by_test = member_accuracy(load_probabilities(probabilities_path, len(test_y), len(members)), test_y)

@@ -13,7 +13,7 @@ from matplotlib.ticker import MaxNLocator, ScalarFormatter  # noqa: E402
 
 from . import methods, network  # noqa: E402
 from .atomic import atomic_path  # noqa: E402
-from .records import INPUTS_KEY, inputs_note  # noqa: E402
+from .provenance import INPUTS_KEY, inputs_note  # noqa: E402
 
 PAPER_STYLE = {"laptop": ("tab:gray", "s", "paper: laptop i5-1135G7"),
                "xeon": ("tab:brown", "^", "paper: Xeon Gold 6354")}

@@ -2,72 +2,17 @@
 method's result (`result_record`), which every method writes and the summary reads. Both carry what produced the
 numbers: versions, CPU, threads, binding, the kernel settings, host, scheduler."""
 
-import hashlib
-import json
 import os
-import platform
 import resource
-import socket
-import subprocess
 import time
-from importlib import metadata
-from pathlib import Path
 
-from . import runtime
+from . import provenance, runtime, startup
 
-PACKAGES = ("tensorflow-cpu", "tensorflow", "keras", "numpy", "mpi4py", "mpich", "snakemake", "pandas", "matplotlib")
-# Which SLURM job, step and task a number came from (sacct may be off, so the record keeps them).
-SCHEDULER_ENV = (
-    "SLURM_JOB_ID", "SLURM_STEP_ID", "SLURM_NTASKS", "SLURM_CPUS_PER_TASK", "SLURM_PROCID", "SLURM_NODELIST"
-)
-# The instruction-set flags that decide which kernels TensorFlow and oneDNN run.
-ISA_PREFIXES = ("sse4", "avx", "fma", "amx")
-HOST_KEYS = ("host", "cpu_model", "cpu_count", "isa_flags", "versions", "scheduler")
 # What a result keeps of each rank record: its timing, memory and placement.
 RANK_TIMING_KEYS = ("rank", "fit_seconds", "epoch_seconds", "fit_cpu_seconds", "cpu_seconds", "wall_seconds",
                     "peak_rss_mib", "train_images", "validation_images", "host", "resumed_from_epoch",
                     "resumed_exactly", "checkpoint_seconds", "allreduce_count", "allreduce_seconds",
                     "allreduce_bytes", "allreduce_wire_bytes", "weights_sha256", "slurm_step", "history")
-
-
-# Where a figure (PNG text chunk) or a report table (HTML meta tag) keeps the SHA-256 of the files it was made from.
-INPUTS_KEY = "mpi_ensemble:inputs"
-
-
-def file_sha256(path):
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
-def inputs_note(paths):
-    """What a figure or table was made from: {file name: SHA-256}, as JSON."""
-    return json.dumps({Path(p).name: file_sha256(p) for p in paths}, sort_keys=True)
-
-
-def cpu_model():
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as handle:
-            for line in handle:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def isa_flags(flags=None):
-    """The CPU's vector-ISA flags (AVX2, AVX-512, AMX, ...), sorted."""
-    flags = runtime.cpu_flags() if flags is None else flags
-    return sorted(f for f in flags if f.startswith(ISA_PREFIXES))
-
-
-def package_versions():
-    versions = {"python": platform.python_version()}
-    for name in PACKAGES:
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            continue
-    return versions
 
 
 def mpi_library():
@@ -79,14 +24,6 @@ def mpi_library():
         return None
 
 
-def git_commit(cwd=None):
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=cwd, timeout=10)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return out.stdout.strip() if out.returncode == 0 else None
-
-
 def peak_rss_mib():
     """Peak resident set of this process in MiB (Linux reports KiB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
@@ -96,17 +33,6 @@ def cpu_seconds():
     """User + system CPU time of this process so far, all its threads together."""
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
-
-
-def host_facts():
-    return {
-        "host": socket.gethostname(),
-        "cpu_model": cpu_model(),
-        "cpu_count": os.cpu_count(),
-        "isa_flags": isa_flags(),
-        "versions": package_versions(),
-        "scheduler": {key: os.environ[key] for key in SCHEDULER_ENV if key in os.environ},
-    }
 
 
 def rank_record(method, rank, ranks, seed, settings, threads, job_cores, started, facts, **extra):
@@ -125,10 +51,10 @@ def rank_record(method, rank, ranks, seed, settings, threads, job_cores, started
         "peak_rss_mib": peak_rss_mib(),
         "cpu_seconds": cpu_seconds(),
         "thread_settings": runtime.thread_settings(threads),
-        "kernel_settings": runtime.kernel_settings(),
+        "kernel_settings": startup.kernel_settings(),
         # The SLURM job step this process ran in (srun sets it; a batch script's own processes have none).
         "slurm_step": os.environ.get("SLURM_STEP_ID"),
-        **host_facts(),
+        **provenance.host_facts(),
         **extra,
     }
 
@@ -172,7 +98,7 @@ def result_record(method, members, metrics, ties=0, member_accuracy=None, **extr
         ],
         "thread_settings": first["thread_settings"],
         "kernel_settings": first.get("kernel_settings"),
-        **{k: first[k] for k in HOST_KEYS},
+        **{k: first[k] for k in provenance.HOST_KEYS},
         "mpi_library": first.get("mpi_library"),
         **extra,
     }

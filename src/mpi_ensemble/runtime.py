@@ -1,11 +1,11 @@
-"""What a training process runs on, settled before TensorFlow starts and recorded: the CPU's flags, the Keras
-backend and precision, threads, core binding and the MPI launcher."""
+"""What a training process runs on, settled before TensorFlow starts and recorded: the CPU's flags and the kernel
+settings they call for, the precision, threads, cores, core binding and the MPI launcher. Plain Python: the
+Snakefile and every rule read it; TensorFlow itself is started by startup.py."""
 
 import os
 import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 PRECISIONS = ("float32", "mixed_bfloat16")
@@ -75,30 +75,6 @@ def apply_cpu_settings(tuning=None, flags=None, environ=None):
     return applied
 
 
-def kernel_settings(flags=None, environ=None):
-    """What decided the kernels of this process: the CPU kind, every kernel variable in force, and whether
-    TensorFlow runs oneDNN's kernels (its own answer; None before TensorFlow is imported)."""
-    environ = os.environ if environ is None else environ
-    return {
-        "cpu_kind": cpu_kind(cpu_flags() if flags is None else flags),
-        "cpu_tuning": environ.get(CPU_TUNING_ENV, "auto"),
-        "env": {key: environ[key] for key in KERNEL_ENV if key in environ},
-        "onednn": onednn_enabled(),
-    }
-
-
-def onednn_enabled():
-    """TensorFlow's own verdict on oneDNN in this process, if TensorFlow is running (the variable alone does not
-    prove it: a launcher may not pass the environment on)."""
-    if "tensorflow" not in sys.modules:
-        return None
-    try:
-        from tensorflow.python.util import _pywrap_util_port
-    except ImportError:  # a TensorFlow without the private hook: unknown rather than wrong
-        return None
-    return bool(_pywrap_util_port.IsMklEnabled())
-
-
 def check_precision(precision, flags):
     """Refuse a precision the config cannot mean, and bfloat16 on a CPU that would emulate it (slower, not faster)."""
     if precision not in PRECISIONS:
@@ -110,35 +86,6 @@ def check_precision(precision, flags):
             "Set precision: float32."
         )
     return precision
-
-
-def keras_backend():
-    """The Keras backend that `import keras` will pick (KERAS_BACKEND, as Keras reads it; TensorFlow by default)."""
-    return os.environ.get("KERAS_BACKEND", "tensorflow")
-
-
-def import_keras(threads, precision="float32"):
-    """Import Keras with the thread pools already pinned (they cannot change later) and the precision policy set."""
-    check_precision(precision, cpu_flags() if precision != "float32" else set())
-    apply_threads(threads)
-    apply_cpu_settings()
-    backend = keras_backend()
-    if backend == "tensorflow":
-        import tensorflow as tf
-
-        apply_tf_threads(tf, threads)
-        # Same seed, same data -> same weights: op determinism costs little for this small CNN on a CPU.
-        tf.config.experimental.enable_op_determinism()
-    elif backend == "torch":  # the device sweep: TensorFlow is too large to carry there
-        import torch
-
-        if threads is not None:
-            torch.set_num_threads(threads)
-            torch.set_num_interop_threads(1)
-    import keras
-
-    keras.mixed_precision.set_global_policy(precision)
-    return keras
 
 
 def available_cores():
@@ -243,12 +190,6 @@ def thread_env(threads):
 def apply_threads(threads):
     """Set the thread pools; must run before TensorFlow is imported, and again right after for the API."""
     os.environ.update(thread_env(threads))
-
-
-def apply_tf_threads(tf, threads):
-    if threads is not None:
-        tf.config.threading.set_intra_op_parallelism_threads(threads)
-        tf.config.threading.set_inter_op_parallelism_threads(1)
 
 
 def thread_settings(threads):

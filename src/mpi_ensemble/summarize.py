@@ -15,7 +15,8 @@ import math
 
 import pandas as pd
 
-from . import atomic, methods, model, records
+from . import atomic, methods, model
+from .provenance import HOST_KEYS, INPUTS_KEY, git_commit, inputs_note
 
 METRICS = ("accuracy", "precision", "recall", "f1")
 COLUMNS = [
@@ -319,12 +320,12 @@ def compare(paper, stats):
 def provenance(results, summary, workflow_cores):
     first = results[0][0]
     return {
-        **{k: first[k] for k in records.HOST_KEYS if k != "scheduler"},
+        **{k: first[k] for k in HOST_KEYS if k != "scheduler"},
         "mpi_library": next((r["mpi_library"] for r, _ in results if r.get("mpi_library")), None),
         "thread_env": first["thread_settings"]["env"],
         "kernel_settings": first.get("kernel_settings"),
         "workflow_cores": workflow_cores,
-        "git_commit": records.git_commit(),
+        "git_commit": git_commit(),
         "threads": {f"{r.method} ranks={r.ranks} seed={r.seed}": str(r.threads) for r in summary.itertuples()},
     }
 
@@ -349,9 +350,9 @@ STYLE = ("<style>body{font-family:sans-serif;font-size:13px} table{border-collap
 
 
 def html_page(title, sections, inputs=""):
-    """A page of tables; `inputs` (records.inputs_note) names the files it was built from, for the audit."""
+    """A page of tables; `inputs` (provenance.inputs_note) names the files it was built from, for the audit."""
     parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'>"
-             f"<meta name='{records.INPUTS_KEY}' content='{html.escape(inputs, quote=True)}'>"
+             f"<meta name='{INPUTS_KEY}' content='{html.escape(inputs, quote=True)}'>"
              f"<title>{html.escape(title)}</title>{STYLE}</head><body><h1>{html.escape(title)}</h1>"]
     for heading, text, table in sections:
         parts.append(f"<h2>{html.escape(heading)}</h2><p>{html.escape(text)}</p>{table}")
@@ -446,12 +447,12 @@ def tables(summary_path, stats_path, differences_path, comparison_path, provenan
     (method, path) pairs. Returns a line per method page."""
     tables = (summary_path, stats_path, differences_path, comparison_path)
     frames = [pd.read_csv(p) for p in tables]
-    atomic.write_text(summary_html, summary_page(*frames, records.inputs_note(tables)))
+    atomic.write_text(summary_html, summary_page(*frames, inputs_note(tables)))
     atomic.write_text(provenance_html, provenance_page(atomic.read_json(provenance_path),
-                                                      records.inputs_note([provenance_path])))
+                                                      inputs_note([provenance_path])))
     lines = []
     for method, out in method_pages:
-        page, text = method_page(frames[0], method, records.inputs_note([summary_path]))
+        page, text = method_page(frames[0], method, inputs_note([summary_path]))
         atomic.write_text(out, page)
         lines.append(text)
     return "\n".join(lines)

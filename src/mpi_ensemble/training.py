@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import atomic, checkpoint, collective, data, data_parallel, local_sgd, metrics, model, records, runtime
+from . import atomic, checkpoint, collective, data, data_parallel, local_sgd, metrics, model, provenance, records, runtime, startup
 from .model import CLASSES
 # Train steps per call into the compiled graph: the same batches and updates, fewer Python round trips.
 STEPS_PER_EXECUTION = 16
@@ -157,12 +157,12 @@ def environment(threads):
     every variable that steers it (ONEDNN_MAX_CPU_ISA, ONEDNN_DEFAULT_FPMATH_MODE, ...), TensorFlow, the CPU and its
     instruction set, the MPI library (its reduction order). A checkpoint made elsewhere still resumes, but the
     record then says the result is not bitwise the uncut one's."""
-    kernels = runtime.kernel_settings()
-    versions = records.package_versions()
+    kernels = startup.kernel_settings()
+    versions = provenance.package_versions()
     return {"threads": "all" if threads is None else threads, "cores": runtime.available_cores(),
             "cpu_tuning": kernels["cpu_tuning"], "onednn": kernels["onednn"], "kernel_env": kernels["env"],
             "tensorflow": versions.get("tensorflow-cpu") or versions.get("tensorflow"),
-            "cpu_model": records.cpu_model(), "isa_flags": records.isa_flags(), "mpi_library": records.mpi_library()}
+            "cpu_model": provenance.cpu_model(), "isa_flags": provenance.isa_flags(), "mpi_library": records.mpi_library()}
 
 
 def checkpoint_store(folder, rank, fp, env, keep=1):
@@ -333,7 +333,7 @@ def train_sequential(arrays, model_path, result_path, threads, seed, settings, j
     started = time.perf_counter()
     threads = runtime.parse_threads(threads)
     runtime.bind_self(threads or job_cores)  # `all` is every core of the job, not of the machine
-    keras = runtime.import_keras(threads, settings["precision"])
+    keras = startup.import_keras(threads, settings["precision"])
     x, y = data.load_arrays(arrays["train_x"], arrays["train_y"])
     store = checkpoint_store(checkpoints, 0, fingerprint(keras, "sequential", 1, 0, seed, settings, [0, len(x)], x, y),
                              environment(threads))
@@ -366,7 +366,7 @@ class RankJob:
         self.comm = MPI.COMM_WORLD
         self.rank, self.size = self.comm.Get_rank(), self.comm.Get_size()
         self.threads = runtime.parse_threads(threads)
-        self.keras = runtime.import_keras(self.threads, precision)
+        self.keras = startup.import_keras(self.threads, precision)
         self.label = f"{method} rank {self.rank}/{self.size}"
         if self.rank == 0 and runtime.is_oversubscribed(self.size, self.threads or 1, job_cores):
             print(f"warning: {self.size} ranks x {self.threads or 1} thread(s) exceed the job's {job_cores} cores; "

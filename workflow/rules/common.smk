@@ -204,6 +204,10 @@ def mpi_launcher():
     """The launcher of every MPI job, chosen from the executor in use when the jobs are planned (the config's
     mpi_launcher wins); said once, and loudly where it is not srun under SLURM."""
     executor = workflow.executor_plugin.name if workflow.executor_plugin else None
+    if workflow.remote_exec and os.environ.get("SLURM_JOB_ID"):
+        # The run of one job inside the allocation the SLURM executor got it (under the slurm-jobstep executor
+        # Snakemake runs it once more, with the local one); its command is what starts the ranks.
+        executor = "slurm-jobstep"
     launcher, why, warning = runtime.choose_launcher(config["mpi_launcher"], executor)
     if not LAUNCHER_NOTED:
         LAUNCHER_NOTED.append(launcher)
