@@ -176,7 +176,7 @@ def test_training_curves_average_an_ensembles_members(tmp_path):
     curves = histories.groupby(["label", "epoch"]).mean(numeric_only=True)
     assert list(curves["loss"]) == [3.0, 2.0]
     out = tmp_path / "curves.png"
-    plots.training_curves_figure(histories, out)
+    plots.save(*plots.training_curves_figure(histories)[:1], out)
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 10_000
 
 
@@ -236,8 +236,72 @@ def test_every_figure_draws_from_the_tables(table, tmp_path):
     pd.DataFrame({"rank": 0, "epoch": [1, 2], "loss": [2.0, 1.0], "accuracy": [0.5, 0.7], "val_loss": [2.1, 1.2],
                   "val_accuracy": [0.4, 0.6]}).to_csv(history, index=False)
     plots.figures(stats_path, ranks_path, PAPER, outputs, [("sequential/threads:1", history)])
+    assert set(plots.DRAW) == set(methods.FIGURES)
     for path in outputs.values():
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 10_000
+
+
+def stats_of(rows):
+    """summary_stats.csv's rows for hand-made runs: (method, ranks, accuracy, fit seconds) of one seed each."""
+    frame = summary_frame([{**row(method, n, s, a + 0.001 * s, fit), "threads": "all" if method == "sequential" and
+                            n == 0 else 1, "ranks": max(n, 1), "job_seconds": fit + 2, "core_seconds": fit,
+                            "cores_used": 1 if method == "sequential" else n, "period": period,
+                            "wire_bytes_per_rank": 0.0 if method.startswith(("ens", "weight_average_by", "single"))
+                            else 1e6 * n, "member_accuracy_mean": a - 0.01, "allreduces_per_rank": 10,
+                            "allreduce_bytes_per_rank": 1e5, "time_decrease_pct": 20.0 * n,
+                            "speedup": 1.0 + n / 2, "job_speedup": 1.0 + n / 3}
+                           for method, n, a, fit, period in rows for s in (0, 1)])
+    return summarize.group_stats(frame)
+
+
+def figure_facts(fig):
+    """What a test can see of a drawn figure: its title's and the figure's extent, and each panel's x ticks and
+    labels, y limits and texts."""
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    panels = [{"xlabel": ax.get_xlabel(), "ylabel": ax.get_ylabel(), "xticks": list(ax.get_xticks()),
+               "xlabels": [t.get_text() for t in ax.get_xticklabels()], "ylim": ax.get_ylim(),
+               "texts": [t.get_text() for t in ax.texts]} for ax in fig.axes if ax.get_visible()]
+    return fig._suptitle.get_window_extent(renderer), fig.bbox, panels
+
+
+@pytest.mark.parametrize("sizes", [[2], [1, 2, 3, 4, 8]])
+def test_figures_show_their_point(sizes):
+    """On a run with one world size and on one with several: every axis over N has integer ticks and labels, every
+    title fits, and the test-error axis spans the methods that work (98.5 % against 99.0 % accuracy, 1.5 against 1
+    % error) while a method at 45 % accuracy is written above it, not drawn into it."""
+    rows = [("sequential", 0, 0.990, 40, None)]
+    for n in sizes:
+        rows += [("ensemble_majority", n, 0.985, 40 / n, None), ("ensemble_soft", n, 0.986, 40 / n, None),
+                 ("data_parallel", n, 0.990, 30 / n, None), ("local_sgd", n, 0.988, 35 / n, "16"),
+                 ("local_sgd", n, 0.987, 35 / n, "epoch"), ("weight_average_by_test", n, 0.45, 40 / n, None)]
+    stats = stats_of([r for r in rows if r[0] != "data_parallel" or r[1] > 1])
+    tables = {"stats": stats, "paper": pd.read_csv(PAPER, dtype={"cores": str}), "networks": [],
+              "rank_times": pd.DataFrame([{"method": "ensemble_majority", "ranks": n, "seed": 0, "rank": r,
+                                           "oversubscribed": False, "fit_seconds": 5.0, "host": "h"}
+                                          for n in sizes for r in range(n)]),
+              "histories": plots.read_histories([])}
+    import matplotlib.pyplot as plt
+
+    for key, draw in plots.DRAW.items():
+        if key == "fig_training_curves":
+            continue
+        fig, _ = draw(tables)
+        title_box, figure_box, panels = figure_facts(fig)
+        assert figure_box.x0 <= title_box.x0 and title_box.x1 <= figure_box.x1, (key, "title cut off")
+        if key in ("fig_methods", "fig_voting", "fig_communication", "fig_cost", "fig_headline"):
+            assert any(panel["ylabel"] == "test error (%)" for panel in panels), key
+        for panel in panels:
+            if "ranks" in panel["xlabel"] or "cores" in panel["xlabel"]:
+                assert all(float(t).is_integer() for t in panel["xticks"]), (key, panel["xticks"])
+                assert all("." not in text for text in panel["xlabels"] if text), (key, panel["xlabels"])
+            if panel["ylabel"] == "test error (%)":
+                low, high = panel["ylim"]
+                assert 0.3 < low < 1.5 < high < 10, (key, panel["ylim"])  # the working methods, not 55 %
+                if key in ("fig_methods", "fig_communication", "fig_cost"):  # those with every method
+                    assert low < 1.0, (key, panel["ylim"])
+                    assert any(text.startswith("55") for text in panel["texts"]), (key, panel["texts"])
+        plt.close(fig)
 
 
 def test_summarize_finds_each_results_benchmarks_where_the_declaration_puts_them(table, tmp_path):

@@ -139,7 +139,8 @@ def figures(args):
 
     outputs = dict(item.split("=", 1) for item in args.outputs)
     histories = [item.split("=", 1) for item in args.histories or []]
-    plots.figures(args.stats, args.rank_times, args.paper, outputs, histories, json.loads(args.networks))
+    plots.figures(args.stats, args.rank_times, args.paper, outputs, histories, json.loads(args.networks),
+                  args.caption)
 
 
 def tables(args):
@@ -274,6 +275,7 @@ def summarize_commands(sub):
     p.add_argument("--outputs", nargs="+", required=True, help="KEY=path.png per figure (methods.FIGURES' keys)")
     p.add_argument("--histories", nargs="+", help="LABEL=history.csv per model (an ensemble's ranks share a label)")
     p.add_argument("--networks", default="[]", help="the config's networks, as JSON, for the cost figure")
+    p.add_argument("--caption", default="", help="the headline figure's last words (its machine and commit)")
     p.set_defaults(func=figures)
 
     p = sub.add_parser("tables", help="the summary, the provenance and each method's runs as HTML pages")

@@ -230,6 +230,7 @@ FIGURES = {
     "fig_training_curves": "training_curves.png",
     "fig_communication": "fig_communication.png",
     "fig_cost": "fig_cost.png",
+    "fig_headline": "fig_headline.png",
 }
 # The report's tables under results/tables/: the summary, the provenance, one page per method.
 TABLES = ["summary.html", "provenance.html", *(f"methods/{name}.html" for name in NAMES)]

@@ -1,7 +1,15 @@
-"""The figures: the paper's (Figs. 5-7) with its reported values beside ours, the speed-up and per-rank times, and
-the methods beyond the paper. Every error bar is ±1 sample standard deviation over seeds (ddof=1, from
-summary_stats.csv); a single seed draws none. Each PNG carries the SHA-256 of the tables it was drawn from (text
-chunk INPUTS_KEY), so the audit can tell a figure drawn from another summary."""
+"""The figures: the paper's (Figs. 5-7) with its reported values beside ours, the speed-up and per-rank times, the
+methods beyond the paper, and the headline figure of the README. Every error bar is ±1 sample standard deviation
+over seeds (ddof=1, from summary_stats.csv); a single seed draws none. Each PNG carries the SHA-256 of the tables it
+was drawn from (text chunk INPUTS_KEY), so the audit can tell a figure drawn from another summary.
+
+How they read: accuracy is drawn as the test error on a log axis, so that 1.0 % against 1.5 % is plain to see, and
+a method that fails (its error far above the others', such as the members' weights averaged from independent
+starts) is an arrow at the top with its value written beside it rather than a point that squeezes the axis. Each
+method has one colour and one marker, the method declaration's, in every figure; an axis over N or cores has integer
+ticks; log axes label plain numbers; legends sit below the panels."""
+
+import textwrap
 
 import matplotlib
 
@@ -9,7 +17,8 @@ matplotlib.use("Agg")  # no display on workstations' batch nodes or in CI
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
-from matplotlib.ticker import MaxNLocator, ScalarFormatter  # noqa: E402
+from matplotlib.ticker import FixedLocator, FuncFormatter, LogLocator, MaxNLocator, NullFormatter  # noqa: E402
+from matplotlib.transforms import offset_copy  # noqa: E402
 
 from . import methods, network  # noqa: E402
 from .atomic import atomic_path  # noqa: E402
@@ -17,9 +26,11 @@ from .provenance import INPUTS_KEY, inputs_note  # noqa: E402
 
 PAPER_STYLE = {"laptop": ("tab:gray", "s", "paper: laptop i5-1135G7"),
                "xeon": ("tab:brown", "^", "paper: Xeon Gold 6354")}
-# Each method's colour, marker and label, as the method declaration gives them (one per method, in every figure).
-METHOD_STYLE = {m.name: (m.colour, m.marker, m.label) for m in methods.METHODS if m.name != "sequential"}
+OURS = "tab:blue"
 SD_NOTE = "error bars: ±1 sample sd over seeds"
+# A point whose error exceeds this many times the panel's median (and 10 %) failed: drawn off the scale.
+FAIL_FACTOR = 3.0
+PERIOD_STYLES = ("-", "--", ":", "-.")
 
 
 def paper_values(paper, metric):
@@ -45,22 +56,182 @@ def series(stats, method, metric, scale=1.0, **match):
             (scale * rows[f"{metric}_sd"].fillna(0.0)).tolist())
 
 
+def with_error(stats):
+    """`stats` with the test error in percent, its mean and sd (the sd of the accuracy, in points)."""
+    return stats.assign(error_mean=100.0 * (1.0 - stats["accuracy_mean"]),
+                        error_sd=100.0 * stats["accuracy_sd"].fillna(0.0))
+
+
 def sequential_rows(stats):
     return stats[stats["method"] == "sequential"].sort_values("threads", key=lambda t: t.astype(str))
 
 
-def save(fig, path, inputs=""):
-    fig.tight_layout()
+def method_runs(stats):
+    """(method, period or None, its rows) for every method of the declaration in the run, local SGD once per
+    period, in the declaration's order."""
+    out = []
+    for m in methods.METHODS:
+        rows = stats[stats["method"] == m.name]
+        if rows.empty or m.name == "sequential":
+            continue
+        periods = sorted(rows["period"].dropna().astype(str).unique(), key=lambda p: (not p.isdigit(), p.zfill(9)))
+        for period in (periods if m.periodic else [None]):
+            out.append((m, period, rows if period is None else rows[rows["period"].astype(str) == period]))
+    return out
+
+
+def label(m, period=None):
+    return m.label + (f", period {period}" if period else "")
+
+
+def period_style(m, period, stats):
+    """The line style that tells a method's periods apart (its colour and marker stay its own)."""
+    if not period:
+        return "-"
+    periods = [p for _, p, _ in method_runs(stats[stats["method"] == m.name])]
+    return PERIOD_STYLES[periods.index(period) % len(PERIOD_STYLES)]
+
+
+# --- axes that show their point -----------------------------------------------------------------------------------
+
+
+def plain(value, _position=None):
+    """A log axis' label as a plain number: 20, 1.5, 0.8, never 2×10¹."""
+    return f"{value:g}" if value < 1e4 else f"{value:,.0f}"
+
+
+def byte_label(value, _position=None):
+    if value < 1:
+        return "0"
+    for unit, size in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if value >= size:
+            return f"{value / size:g} {unit}"
+    return f"{value:g} B"
+
+
+def failing(errors):
+    """Which of these errors (%) belong to methods that failed: far above the panel's median."""
+    errors = np.asarray(errors, dtype=float)
+    if not len(errors):
+        return np.zeros(0, dtype=bool)
+    return errors > max(FAIL_FACTOR * np.nanmedian(errors), 10.0)
+
+
+def error_axis(ax, good, label="test error (%)"):
+    """A log axis spanning the errors of the methods that did not fail, labelled with plain numbers."""
+    good = np.asarray([g for g in good if np.isfinite(g) and g > 0])
+    ax.set_yscale("log")
+    if len(good):
+        low, high = good.min() / 1.3, good.max() * 1.3
+        ax.set_ylim(low, high)
+        ticks = [t for t in (0.1, 0.15, 0.2, 0.3, 0.5, 0.7, 1, 1.5, 2, 3, 5, 7, 10, 15, 20, 30, 50, 70, 100)
+                 if low <= t <= high]
+        if len(ticks) >= 2:
+            ax.yaxis.set_major_locator(FixedLocator(ticks))
+    ax.yaxis.set_major_formatter(FuncFormatter(plain))
+    ax.yaxis.set_minor_formatter(NullFormatter())
+    ax.set_ylabel(label)
+
+
+def off_scale(ax, x, error, colour, marker, shift=0):
+    """A failed method's point: an arrow at the top of the panel, its error written beside it; `shift` moves the
+    k-th of several at one x aside, in points."""
+    top = ax.get_ylim()[1]
+    ax.annotate(f"{error:.0f}%", (x, top), xytext=(shift, -14), textcoords="offset points", ha="center", va="top",
+                fontsize=7, color=colour, arrowprops={"arrowstyle": "->", "color": colour})
+    moved = offset_copy(ax.transData, fig=ax.figure, x=shift, y=0, units="points")
+    ax.plot([x], [top], marker=marker, color=colour, ms=6, clip_on=False, zorder=5, transform=moved)
+
+
+def integer_axis(ax, values, axis="x"):
+    """Integer ticks (world sizes, cores): every one from the least to the largest of `values` up to 16 of them,
+    else the values themselves; room around them."""
+    values = sorted({int(v) for v in values})
+    if not values:
+        return
+    ticks = list(range(values[0], values[-1] + 1)) if values[-1] - values[0] < 16 else values
+    getattr(ax, f"set_{axis}ticks")(ticks)
+    getattr(ax, f"set_{axis}lim")(values[0] - 0.5, values[-1] + 0.5)
+
+
+def log_axis(ax, axis="x"):
+    """A log axis labelled with plain numbers at 1, 2 and 5 of every decade."""
+    getattr(ax, f"set_{axis}scale")("log")
+    target = getattr(ax, f"{axis}axis")
+    target.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    target.set_major_formatter(FuncFormatter(plain))
+    target.set_minor_formatter(NullFormatter())
+
+
+def bytes_axis(ax, values):
+    """Bytes on a log axis that also shows 0 (the methods that never talk): linear below 1 kB."""
+    ax.set_xscale("symlog", linthresh=1e3, linscale=0.5)
+    top = max([1e3, *[v for v in values if np.isfinite(v)]])
+    ax.xaxis.set_major_locator(FixedLocator([0] + [10.0 ** k for k in range(3, int(np.log10(top)) + 2)]))
+    ax.xaxis.set_major_formatter(FuncFormatter(byte_label))
+    ax.xaxis.set_minor_formatter(NullFormatter())
+
+
+def legend_below(fig, axes, columns=3):
+    """One legend for the figure, below its panels, from every labelled artist (each label once)."""
+    handles = {}
+    for ax in np.atleast_1d(axes).flat:
+        for handle, text in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(text, handle)
+    if handles:
+        rows = -(-len(handles) // columns)
+        fig.legend(list(handles.values()), list(handles), loc="lower center", ncol=columns, fontsize=7,
+                   frameon=False, bbox_to_anchor=(0.5, 0.0))
+        return 0.04 + 0.035 * rows * 4.5 / fig.get_size_inches()[1]
+    return 0.0
+
+
+def title(fig, text, width_chars=None):
+    """The figure's title, wrapped to the figure's width so that it shows whole."""
+    width = width_chars or int(fig.get_size_inches()[0] * 11)
+    fig.suptitle("\n".join(textwrap.wrap(text, width)), fontsize=10)
+
+
+def save(fig, path, inputs="", bottom=0.0):
+    fig.tight_layout(rect=(0, bottom, 1, 1))
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=120, format="png", metadata={INPUTS_KEY: inputs})
     plt.close(fig)
 
 
-def sequential_figure(stats, paper, path, inputs=""):
-    """Fig. 5: sequential accuracy and fit time."""
+def draw_errors(ax, points, lines=True):
+    """Points (x, error, sd, colour, marker, label, line style) of one panel on a log error axis: the failed ones
+    off the scale. With `lines`, each label's points are joined in x order in its style; a style other than solid
+    (a method's second or later averaging period) also draws its markers hollow."""
+    errors = [p[1] for p in points]
+    bad = failing(errors)
+    error_axis(ax, [e for e, b in zip(errors, bad) if not b])
+    groups = {}
+    for (x, error, sd, colour, marker, name, style), off in zip(points, bad):
+        if off:
+            ax.plot([], [], marker, color=colour, label=name)
+            continue
+        groups.setdefault((name, colour, marker, style), []).append((x, error, sd))
+    for (name, colour, marker, style), pts in groups.items():
+        pts.sort()
+        xs, ys, sds = zip(*pts)
+        ax.errorbar(xs, ys, yerr=[min(s, y * 0.9) for s, y in zip(sds, ys)], fmt=marker + (style if lines else ""),
+                    color=colour, mfc=colour if style == "-" else "white", capsize=3, ms=6, label=name)
+    off = [p for p, b in zip(points, bad) if b]
+    for x in dict.fromkeys(p[0] for p in off):  # several failed at one x: side by side, 22 points apart
+        here = [p for p in off if p[0] == x]
+        for k, (_, error, _, colour, marker, *_) in enumerate(here):
+            off_scale(ax, x, error, colour, marker, shift=22 * (k - (len(here) - 1) / 2))
+
+
+# --- the paper's figures ------------------------------------------------------------------------------------------
+
+
+def sequential_figure(stats, paper):
+    """Fig. 5: sequential accuracy and fit time, the paper's machines beside ours."""
     labels, acc, fit, acc_sd, fit_sd, colors = [], [], [], [], [], []
-    for machine, (color, _, label) in PAPER_STYLE.items():
-        labels.append(label.replace("paper: ", "paper\n"))
+    for machine, (color, _, name) in PAPER_STYLE.items():
+        labels.append(name.replace("paper: ", "paper\n"))
         acc.append(paper_values(paper, "sequential_accuracy")[machine]["1"])
         fit.append(paper_values(paper, "sequential_fit_seconds")[machine]["1"])
         acc_sd.append(0.0), fit_sd.append(0.0), colors.append(color)
@@ -68,7 +239,7 @@ def sequential_figure(stats, paper, path, inputs=""):
         labels.append(f"ours\nthreads={row.threads}")
         acc.append(100 * row.accuracy_mean), acc_sd.append(100 * np.nan_to_num(row.accuracy_sd))
         fit.append(row.fit_seconds_mean_mean), fit_sd.append(np.nan_to_num(row.fit_seconds_mean_sd))
-        colors.append("tab:blue")
+        colors.append(OURS)
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
     ax1.bar(labels, acc, yerr=acc_sd, color=colors, capsize=3)
     ax1.set_ylim(min(acc) - 2, 100)
@@ -79,61 +250,62 @@ def sequential_figure(stats, paper, path, inputs=""):
         for i, v in enumerate(values):
             ax.annotate(f"{v:.2f}", (i, v), ha="center", va="bottom", fontsize=8)
         ax.tick_params(axis="x", labelsize=8)
-    fig.suptitle(f"Fig. 5: sequential baseline (paper's values in grey/brown, ours in blue; {SD_NOTE})")
-    save(fig, path, inputs)
+    title(fig, f"Fig. 5: the sequential baseline, the paper's values (grey, brown) beside ours (blue); {SD_NOTE}")
+    return fig, 0.0
 
 
-def scaling_figure(stats, paper, path, inputs=""):
+def scaling_figure(stats, paper):
     """Figs. 6/7: time decrease and ensemble accuracy against the number of ranks (cores)."""
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
-    for machine, (color, marker, label) in PAPER_STYLE.items():
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
+    ranks = set(stats["ranks"])
+    for machine, (color, marker, name) in PAPER_STYLE.items():
         values = paper_values(paper, "time_decrease")[machine]
-        ax1.plot([int(c) for c in values], list(values.values()), marker=marker, color=color, label=label)
+        ax1.plot([int(c) for c in values], list(values.values()), marker=marker, color=color, label=name)
+        ranks |= {int(c) for c in values}
         lo = paper_values(paper, "ensemble_accuracy_min")[machine]
         hi = paper_values(paper, "ensemble_accuracy_max")[machine]
         span = [int(c) for c in next(iter(lo)).split("-")]
         ax2.fill_between(span, list(lo.values()) * 2, list(hi.values()) * 2, color=color, alpha=0.25,
-                         label=label + " (range)")
+                         label=name + " (its range)")
     for over, style in ((False, "o-"), (True, "o--")):
         x, y, err = series(stats, "ensemble_majority", "time_decrease_pct", oversubscribed=over)
         if x:
-            tag = "ours, oversubscribed (ranks > cores)" if over else "ours"
-            ax1.errorbar(x, y, yerr=err, fmt=style, color="tab:blue", mfc="white" if over else "tab:blue",
-                         capsize=3, label=tag)
+            tag = "ours, ranks > cores (times do not count)" if over else "ours"
+            ax1.errorbar(x, y, yerr=err, fmt=style, color=OURS, mfc="white" if over else OURS, capsize=3, label=tag)
     x, y, err = series(stats, "ensemble_majority", "accuracy", 100.0)
-    ax2.errorbar(x, y, yerr=err, fmt="o-", color="tab:blue", capsize=3, label="ours: majority-vote ensemble")
+    ax2.errorbar(x, y, yerr=err, fmt="o-", color=OURS, capsize=3, label="ours: majority-vote ensemble")
     for row in sequential_rows(stats).itertuples():
-        ax2.axhline(100 * row.accuracy_mean, color="tab:blue", ls=":", lw=1,
+        ax2.axhline(100 * row.accuracy_mean, color=OURS, ls=":" if str(row.threads) == "all" else "--", lw=1,
                     label=f"ours: sequential threads={row.threads}")
     ax1.axhline(0, color="black", lw=0.5)
     ax1.set(xlabel="MPI ranks (cores)", ylabel="fit() time decrease vs sequential (%)")
     ax2.set(xlabel="MPI ranks (cores)", ylabel="test accuracy (%)")
     for ax in (ax1, ax2):
-        ax.legend(fontsize=7)
+        integer_axis(ax, ranks)
         ax.grid(alpha=0.3)
-    fig.suptitle(f"Figs. 6/7: training-time decrease and ensemble accuracy vs number of ranks ({SD_NOTE})")
-    save(fig, path, inputs)
+    title(fig, f"Figs. 6/7: training-time decrease and ensemble accuracy against the number of ranks; {SD_NOTE}")
+    return fig, legend_below(fig, (ax1, ax2))
 
 
-def speedup_figure(stats, paper, path, inputs=""):
+def speedup_figure(stats, paper):
     """Fit-time speed-up against the cores used: ideal, ours (against the 1-thread baseline, each point labelled
     with its ranks; oversubscribed runs left out) and the paper's two machines (from their time decrease)."""
-    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    fig, ax = plt.subplots(figsize=(7, 5.5))
     ours = stats[stats["method"].isin(["ensemble_majority", "sequential"]) & ~stats["oversubscribed"].astype(bool)]
     ours = ours.dropna(subset=["speedup_mean"]).sort_values(["cores_used", "ranks"])
     paper_td = paper_values(paper, "time_decrease")
     top = max([1, *ours["cores_used"], *(int(c) for v in paper_td.values() for c in v)])
     ax.plot([1, top], [1, top], color="black", lw=1, ls="--", label="ideal (speed-up = cores used)")
-    for machine, (color, marker, label) in PAPER_STYLE.items():
+    for machine, (color, marker, name) in PAPER_STYLE.items():
         values = paper_td[machine]
         ax.plot([int(c) for c in values], [paper_speedup(v) for v in values.values()], marker=marker, color=color,
-                label=label + " (from its time decrease; cores = ranks)")
+                label=name + " (from its time decrease; cores = ranks)")
     for method, marker in (("ensemble_majority", "o"), ("sequential", "D")):
         rows = ours[ours["method"] == method]
         if rows.empty:
             continue
         ax.errorbar(rows["cores_used"], rows["speedup_mean"], yerr=rows["speedup_sd"].fillna(0.0), fmt=marker,
-                    color="tab:blue", capsize=3, label=f"ours: {method}, 1-thread fit / slowest rank's fit")
+                    color=OURS, capsize=3, label=f"ours: {method}, 1-thread fit / slowest rank's fit")
         ax.plot(rows["cores_used"], rows["job_speedup_mean"], marker, color="tab:cyan", mfc="white",
                 label=f"ours: {method}, job wall-time speed-up")
         for row in rows.itertuples():
@@ -142,106 +314,101 @@ def speedup_figure(stats, paper, path, inputs=""):
                         textcoords="offset points")
     ax.set(xlabel="cores used (ranks × threads per rank)", ylabel="speed-up of fit()", xscale="log", yscale="log")
     ax.set_xticks([t for t in (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128) if t <= top])
-    ax.get_xaxis().set_major_formatter(ScalarFormatter())
-    ax.get_yaxis().set_major_formatter(ScalarFormatter())
+    for axis in (ax.xaxis, ax.yaxis):
+        axis.set_major_formatter(FuncFormatter(plain))
+        axis.set_minor_formatter(NullFormatter())
     ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=6)
-    ax.set_title(f"Speed-up against cores used, oversubscribed runs left out\n({SD_NOTE})", fontsize=9)
-    save(fig, path, inputs)
+    title(fig, f"Speed-up against the cores used, runs with more ranks than cores left out; {SD_NOTE}")
+    return fig, legend_below(fig, ax, columns=2)
 
 
-def rank_times_figure(rank_times, path, inputs=""):
+def rank_times_figure(rank_times):
     """Each rank's fit() time per world size: the spread shows imbalance (the last rank's remainder, noise,
     shared cores); the slowest rank sets the phase's wall time."""
-    fig, ax = plt.subplots(figsize=(6.5, 4.5))
-    resumed = rank_times.get("resumed_from_epoch", pd.Series(0, index=rank_times.index)) > 0
-    ens = rank_times[(rank_times["method"] == "ensemble_majority") & ~resumed]  # resumed: partial times
+    fig, ax = plt.subplots(figsize=(7, 5))
+    ens = rank_times[(rank_times["method"] == "ensemble_majority")].dropna(subset=["fit_seconds"])
     for (n, _seed), run in ens.groupby(["ranks", "seed"]):
         over = bool(run["oversubscribed"].iloc[0])
         fits = run.sort_values("rank")["fit_seconds"].to_numpy()
         xs = n + np.linspace(-0.15, 0.15, len(fits)) if len(fits) > 1 else [n]
-        ax.scatter(xs, fits, s=18, color="tab:orange" if over else "tab:blue", alpha=0.8, marker="x" if over else "o")
+        ax.scatter(xs, fits, s=18, color="tab:orange" if over else OURS, alpha=0.8, marker="x" if over else "o")
         ax.hlines(fits.max(), n - 0.25, n + 0.25, color="black", lw=1)
-    ax.scatter([], [], color="tab:blue", s=18, label="one rank's fit() time")
-    ax.scatter([], [], color="tab:orange", marker="x", s=18, label="one rank, oversubscribed run")
+    ax.scatter([], [], color=OURS, s=18, label="one rank's fit() time")
+    ax.scatter([], [], color="tab:orange", marker="x", s=18, label="one rank, ranks > cores")
     ax.hlines([], 0, 0, color="black", lw=1, label="slowest rank (the phase's wall time)")
-    ax.set(xlabel="MPI ranks", ylabel="fit() time per rank (s)", ylim=(0, None))
-    ax.set_xticks(sorted(ens["ranks"].unique()))
+    ax.set(xlabel="MPI ranks N", ylabel="fit() time per rank (s)", ylim=(0, None))
+    integer_axis(ax, ens["ranks"])
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    ax.set_title("Per-rank fit() time (spread across ranks)", fontsize=10)
-    save(fig, path, inputs)
+    title(fig, "Per-rank fit() time of the ensemble's members: the spread across ranks (resumed jobs left out)")
+    return fig, legend_below(fig, ax, columns=2)
 
 
-def sequential_lines(ax, stats, metric, scale=1.0):
+# --- the methods beyond the paper ---------------------------------------------------------------------------------
+
+
+def sequential_lines(ax, stats, metric, scale=1.0, error=False):
     for row in sequential_rows(stats).itertuples():
         mean = scale * getattr(row, f"{metric}_mean")
-        sd = scale * np.nan_to_num(getattr(row, f"{metric}_sd"))
+        mean = 100.0 - mean if error else mean
         ax.axhline(mean, color="black", ls=":" if str(row.threads) == "all" else "--", lw=1,
                    label=f"sequential threads={row.threads}")
-        if sd:
-            ax.axhspan(mean - sd, mean + sd, color="black", alpha=0.08)
 
 
-def method_series(stats, method):
-    """(label suffix, rows) per period of a method (local SGD has one curve per period, the others one)."""
-    rows = stats[stats["method"] == method]
-    periods = rows["period"].dropna().astype(str).unique() if "period" in rows else []
-    if len(periods) <= 1:
-        return [("", {})]
-    return [(f", period {p}", {"period": p}) for p in sorted(periods, key=lambda p: (not p.isdigit(), p.zfill(9)))]
-
-
-def methods_figure(stats, path, inputs=""):
-    """Accuracy, slowest rank's fit time and job wall time against N, one curve per method (and period)."""
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.5))
-    panels = ((axes[0], "accuracy", 100.0, "test accuracy (%)"),
-              (axes[1], "fit_seconds_max", 1.0, "fit time, slowest rank (s)"),
-              (axes[2], "job_seconds", 1.0, "job wall time: training + vote or evaluation (s)"))
-    stats = stats.assign(period=stats["period"].astype(str).where(stats["period"].notna()))
-    for ax, metric, scale, label in panels:
-        for method, (color, marker, name) in METHOD_STYLE.items():
-            for i, (suffix, match) in enumerate(method_series(stats, method)):
-                x, y, err = series(stats, method, metric, scale, **match)
-                if x:
-                    ax.errorbar(x, y, yerr=err, fmt=f"{marker}{'-:--'[i % 3:i % 3 + 1]}", color=color, capsize=3,
-                                label=name + suffix)
-        sequential_lines(ax, stats, metric, scale)
-        ax.set(xlabel="MPI ranks N", ylabel=label)
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=6)
+def methods_figure(stats):
+    """Test error, slowest rank's fit time and job wall time against N, one curve per method (and period)."""
+    stats = with_error(stats.assign(period=stats["period"].astype(str).where(stats["period"].notna())))
+    fig, axes = plt.subplots(1, 3, figsize=(15, 5))
+    points = []
+    for m, period, rows in method_runs(stats):
+        style = period_style(m, period, stats)
+        points += [(r.ranks, r.error_mean, r.error_sd, m.colour, m.marker, label(m, period), style)
+                   for r in rows.dropna(subset=["error_mean"]).itertuples()]
+        for ax, metric in ((axes[1], "fit_seconds_max"), (axes[2], "job_seconds")):
+            x, y, err = series(rows, m.name, metric)
+            if x:
+                ax.errorbar(x, y, yerr=err, fmt=m.marker + style, color=m.colour, mfc=m.colour if style == "-"
+                            else "white", capsize=3, label=label(m, period))
+    draw_errors(axes[0], points)
+    sequential_lines(axes[0], stats, "accuracy", 100.0, error=True)
+    for ax, metric, name in ((axes[1], "fit_seconds_max", "fit time, slowest rank (s)"),
+                             (axes[2], "job_seconds", "job wall time: training + vote or evaluation (s)")):
+        sequential_lines(ax, stats, metric)
+        ax.set_ylabel(name)
+    for ax in axes:
+        ax.set_xlabel("MPI ranks N")
+        integer_axis(ax, stats["ranks"])
+        ax.grid(alpha=0.3, which="both")
     n = int(stats["n_seeds"].max()) if len(stats) else 0
-    fig.suptitle(f"Methods against the number of ranks (mean over up to {n} seed(s); {SD_NOTE})")
-    save(fig, path, inputs)
+    title(fig, f"Methods against the number of ranks: test error (log), fit time and job time, mean over {n} seed(s); "
+               f"{SD_NOTE}; arrows: methods that failed, their error written beside")
+    return fig, legend_below(fig, axes, columns=4)
 
 
-def voting_figure(stats, path, inputs=""):
-    """How each combination rule compares with its own members: ensemble accuracy minus mean member accuracy."""
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.5))
-    for method in ("ensemble_majority", "ensemble_majority_tiebreak", "ensemble_soft"):
-        color, marker, name = METHOD_STYLE[method]
-        rows = stats[stats["method"] == method].dropna(subset=["member_accuracy_mean_mean"]).sort_values("ranks")
-        if not rows.empty:
+def voting_figure(stats):
+    """How each combination rule compares with its own members, and the rules' errors with the single shard."""
+    stats = with_error(stats)
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.8))
+    points = []
+    for name in ("ensemble_majority", "ensemble_majority_tiebreak", "ensemble_soft", "single_shard"):
+        m = methods.method(name)
+        rows = stats[stats["method"] == name].dropna(subset=["member_accuracy_mean_mean"]).sort_values("ranks")
+        if rows.empty:
+            continue
+        if name != "single_shard":
             gain = 100 * (rows["accuracy_mean"] - rows["member_accuracy_mean_mean"])
-            ax1.plot(rows["ranks"], gain, f"{marker}-", color=color, label=name)
-        x, y, err = series(stats, method, "accuracy", 100.0)
-        if x:
-            ax2.errorbar(x, y, yerr=err, fmt=f"{marker}-", color=color, capsize=3, label=name)
-    x, y, err = series(stats, "single_shard", "accuracy", 100.0)
-    if x:
-        ax2.errorbar(x, y, yerr=err, fmt="x--", color="tab:red", capsize=3, label=METHOD_STYLE["single_shard"][2])
+            ax1.plot(rows["ranks"], gain, m.marker + "-", color=m.colour, label=m.label)
+        points += [(r.ranks, r.error_mean, r.error_sd, m.colour, m.marker, m.label, "-") for r in rows.itertuples()]
+    draw_errors(ax2, points)
     ax1.axhline(0, color="black", lw=0.8)
-    ax1.set(xlabel="MPI ranks N", ylabel="ensemble − mean member accuracy (pp)",
-            title="gain over its own members (below 0: the vote hurts)")
-    ax2.set(xlabel="MPI ranks N", ylabel="test accuracy (%)", title="voting rules and the single-shard control")
+    ax1.set(ylabel="ensemble − mean member accuracy (points)")
+    ax1.set_title("gain over its own members (below 0: the vote hurts)", fontsize=9)
+    ax2.set_title("the rules' test error, with the single-shard control", fontsize=9)
     for ax in (ax1, ax2):
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-    fig.suptitle(f"Combining N members: majority (ties to the lowest class), confidence tie-break, soft vote "
-                 f"({SD_NOTE})")
-    save(fig, path, inputs)
+        ax.set_xlabel("MPI ranks N")
+        integer_axis(ax, stats["ranks"])
+        ax.grid(alpha=0.3, which="both")
+    title(fig, f"Combining N members: majority (ties to the lowest class), confidence tie-break, soft vote; {SD_NOTE}")
+    return fig, legend_below(fig, (ax1, ax2), columns=2)
 
 
 def read_histories(labelled):
@@ -251,66 +418,63 @@ def read_histories(labelled):
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["label", "epoch"])
 
 
-def training_curves_figure(histories, path, inputs=""):
+def training_curves_figure(histories):
     """Accuracy and loss per epoch, one panel per method, one colour per N (or threads, or period): training solid,
     validation dashed. An ensemble's curve is the mean over its members, every curve the mean over seeds."""
     curves = histories.groupby(["label", "epoch"], sort=True).mean(numeric_only=True).reset_index()
     curves["method"] = curves["label"].str.split("/").str[0]
-    methods = list(dict.fromkeys(histories["label"].str.split("/").str[0])) or ["(none)"]  # the workflow's order
-    fig, axes = plt.subplots(2, len(methods), figsize=(3.6 * len(methods), 7), squeeze=False)
+    names = list(dict.fromkeys(histories["label"].str.split("/").str[0])) or ["(none)"]  # the workflow's order
+    fig, axes = plt.subplots(2, len(names), figsize=(3.6 * len(names), 7.5), squeeze=False)
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    for col, method in enumerate(methods):
-        runs = curves[curves["method"] == method]
-        for i, (label, curve) in enumerate(runs.groupby("label", sort=True)):
-            color, tag = colors[i % len(colors)], label.split("/", 1)[-1]
+    for col, name in enumerate(names):
+        runs = curves[curves["method"] == name]
+        for i, (run, curve) in enumerate(runs.groupby("label", sort=True)):
+            color, tag = colors[i % len(colors)], run.split("/", 1)[-1]
             for ax, metric in ((axes[0, col], "accuracy"), (axes[1, col], "loss")):
                 ax.plot(curve["epoch"], curve[metric], "o-", color=color, ms=3, label=f"{tag}, training")
                 if curve.get(f"val_{metric}") is not None and curve[f"val_{metric}"].notna().any():
                     ax.plot(curve["epoch"], curve[f"val_{metric}"], "s--", color=color, ms=3, mfc="white",
                             label=f"{tag}, validation")
-        axes[0, col].set_title(method, fontsize=9)
-        axes[0, col].legend(fontsize=5)
+        axes[0, col].set_title(name, fontsize=9)
+        axes[0, col].legend(fontsize=5, loc="lower right")
         axes[0, col].set(ylabel="accuracy" if col == 0 else None)
         axes[1, col].set(xlabel="epoch", ylabel="loss" if col == 0 else None, yscale="log")
+        axes[1, col].yaxis.set_major_formatter(FuncFormatter(plain))
+        axes[1, col].yaxis.set_minor_formatter(NullFormatter())
         for ax in axes[:, col]:
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.grid(alpha=0.3)
-    fig.suptitle("Training curves per method: training solid, validation dashed (ensemble: mean over its members; "
-                 "mean over seeds)")
-    save(fig, path, inputs)
+    title(fig, "Training curves per method: training solid, validation dashed (an ensemble: the mean over its "
+               "members; every curve the mean over seeds)")
+    return fig, 0.0
 
 
-def communication_figure(stats, path, inputs=""):
-    """Accuracy against how often the ranks average per epoch, one line per N: 0 for the one-shot averages
-    (independent starts and shared start) and the ensemble, then local SGD's periods, then data-parallel training
-    (every step). The x axis is linear below 1 and logarithmic above."""
-    fig, ax = plt.subplots(figsize=(7.5, 4.8))
-    rows = stats[stats["method"].isin(COMMUNICATING) & (stats["ranks"] > 1)].dropna(subset=["accuracy_mean"])
-    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    for i, (n, group) in enumerate(rows.groupby("ranks")):
-        group = group.sort_values("averagings_per_epoch_mean")
-        line = group[group["method"].isin(("weight_average_shared_start", "local_sgd", "data_parallel"))]
-        color = colors[i % len(colors)]
-        ax.plot(line["averagings_per_epoch_mean"], 100 * line["accuracy_mean"], "-", color=color, alpha=0.6,
-                label=f"N = {n}: shared start, averaged more and more often")
-        for row in group.itertuples():
-            marker = METHOD_STYLE[row.method][1]
-            ax.errorbar(row.averagings_per_epoch_mean, 100 * row.accuracy_mean, yerr=100 * np.nan_to_num(
-                row.accuracy_sd), fmt=marker, color=color, capsize=3, ms=7)
-    for method in COMMUNICATING:
-        color, marker, name = METHOD_STYLE[method]
-        ax.plot([], [], marker, color="black", mfc="white", label=name)
-    ax.set_xscale("symlog", linthresh=1)
-    ax.set(xlabel="averagings (allreduces) per epoch", ylabel="test accuracy (%)")
-    ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=6)
-    ax.set_title(f"How often should the ranks talk? Accuracy against averagings per epoch ({SD_NOTE})", fontsize=9)
-    save(fig, path, inputs)
-
-
-# The methods of the communication figure, from never talking to talking every step.
-COMMUNICATING = ("ensemble_majority", "weight_average_by_validation", "weight_average_by_test",
-                 "weight_average_shared_start", "local_sgd", "data_parallel")
+def communication_figure(stats):
+    """The project's answer to "how often should the ranks talk": per world size, the test error against the
+    bytes each rank put on the wire (MPICH's algorithm between nodes) and against the core-seconds the fit held,
+    one point per method (mean ± sd over seeds); the methods that never talk sit at 0 bytes."""
+    stats = with_error(stats[stats["ranks"] > 1])
+    sizes = sorted(stats["ranks"].unique()) or [2]
+    fig, axes = plt.subplots(len(sizes), 2, figsize=(12, 4.2 * len(sizes)), squeeze=False)
+    for row_axes, n in zip(axes, sizes):
+        at_n = stats[stats["ranks"] == n]
+        for ax, cost, name in ((row_axes[0], "wire_bytes_per_rank_mean", "bytes on the wire per rank (log)"),
+                               (row_axes[1], "core_seconds_mean", "core-seconds of the fit (log)")):
+            points = [(getattr(r, cost), r.error_mean, r.error_sd, m.colour, m.marker, label(m, period),
+                       period_style(m, period, at_n))
+                      for m, period, rows in method_runs(at_n)
+                      for r in rows.dropna(subset=["error_mean", cost]).itertuples()]
+            draw_errors(ax, points, lines=False)
+            if cost.startswith("wire"):
+                bytes_axis(ax, [p[0] for p in points])
+            else:
+                log_axis(ax)
+            over = bool(at_n["oversubscribed"].astype(bool).any())
+            ax.set_xlabel(name + (" — ranks > cores: times do not count" if over and cost.startswith("core") else ""))
+            ax.set_title(f"N = {n}", fontsize=9)
+            ax.grid(alpha=0.3, which="both")
+    title(fig, f"How often should the ranks talk? Test error against what the talking cost, per world size; {SD_NOTE}")
+    return fig, legend_below(fig, axes, columns=3)
 
 
 def network_seconds(row, link):
@@ -321,61 +485,109 @@ def network_seconds(row, link):
     if not calls or np.isnan(calls):
         return row.fit_seconds_max_mean
     each = network.allreduce_seconds(link["alpha_seconds"], link["beta_seconds_per_byte"], int(row.ranks),
-                                       row.allreduce_bytes_per_rank_mean / calls)
+                                     row.allreduce_bytes_per_rank_mean / calls)
     return row.fit_seconds_max_mean + calls * each
 
 
-def cost_figure(stats, path, inputs="", networks=()):
-    """Accuracy against what it cost: core-seconds (cores used x the slowest rank's fit time), the fit's wall time
-    on this machine, and on each network of `networks` (modelled); one marker per method, one colour per N.
-    Oversubscribed runs are left out."""
-    rows = stats[~stats["oversubscribed"].astype(bool)].dropna(subset=["accuracy_mean", "core_seconds_mean"])
+def cost_figure(stats, networks=()):
+    """Test error against what it cost: core-seconds (cores used x the slowest rank's fit time), the fit's wall time
+    on this machine, and on each network of `networks` (modelled); one colour and marker per method, each point
+    labelled with its N. Oversubscribed runs are left out."""
+    rows = with_error(stats[~stats["oversubscribed"].astype(bool)].dropna(subset=["accuracy_mean",
+                                                                                  "core_seconds_mean"]))
     panels = [("core-seconds (cores used × slowest rank's fit time)", lambda r: r.core_seconds_mean),
               ("fit wall seconds, this machine (shared memory)", lambda r: r.fit_seconds_max_mean)]
     panels += [(f"fit wall seconds, {n['name']} network (modelled)", lambda r, n=n: network_seconds(r, n))
                for n in networks]
     rows_of_panels = -(-len(panels) // 2)
-    fig, axes = plt.subplots(rows_of_panels, 2, figsize=(11, 4.5 * rows_of_panels), squeeze=False)
-    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    ranks = sorted(rows["ranks"].unique())
-    for ax, (label, cost) in zip(axes.flat, panels):
-        for row in rows.itertuples():
-            style = methods.method(row.method)
-            ax.errorbar(cost(row), 100 * row.accuracy_mean, yerr=100 * np.nan_to_num(row.accuracy_sd),
-                        fmt=style.marker, color=colors[ranks.index(row.ranks) % len(colors)], capsize=2, ms=6)
-        ax.set(xlabel=label, ylabel="test accuracy (%)", xscale="log")
+    fig, axes = plt.subplots(rows_of_panels, 2, figsize=(12, 4.5 * rows_of_panels), squeeze=False)
+    runs = [(m, period, part) for m, period, part in method_runs(rows)]
+    runs += [(methods.method("sequential"), None, rows[rows["method"] == "sequential"])]
+    for ax, (name, cost) in zip(axes.flat, panels):
+        points = [(cost(r), r.error_mean, r.error_sd, m.colour, m.marker, label(m, period),
+                   period_style(m, period, rows)) for m, period, part in runs for r in part.itertuples()]
+        draw_errors(ax, points, lines=False)
+        for (x, error, *_), r in zip(points, [r for _, _, part in runs for r in part.itertuples()]):
+            if ax.get_ylim()[0] <= error <= ax.get_ylim()[1]:
+                ax.annotate(f"N={r.ranks}" if r.method != "sequential" else f"t={r.threads}", (x, error),
+                            fontsize=6, xytext=(3, 3), textcoords="offset points")
+        ax.set_xlabel(name)
+        log_axis(ax)
         ax.grid(alpha=0.3, which="both")
-    for n in ranks:
-        axes[0, 0].plot([], [], "o", color=colors[ranks.index(n) % len(colors)], label=f"N = {n}")
-    for m in methods.METHODS:
-        axes[0, 1].plot([], [], m.marker, color="black", mfc="white", label=m.label)
-    axes[0, 0].legend(fontsize=7)
-    axes[0, 1].legend(fontsize=5)
-    fig.suptitle(f"Accuracy against cost: the frontier to pick from ({SD_NOTE}; networks: α–β model, "
-                 "docs/network.md)")
-    save(fig, path, inputs)
+    for ax in list(axes.flat)[len(panels):]:
+        ax.set_visible(False)
+    title(fig, f"Test error against cost: the frontier to pick from, down and to the left ({SD_NOTE}; networks: the "
+               "α–β model of docs/network.md)")
+    return fig, legend_below(fig, axes, columns=3)
+
+
+# --- the README's figure ------------------------------------------------------------------------------------------
+
+
+def headline_figure(stats, paper, caption=""):
+    """The paper's claim and ours in one picture: the training-time decrease against N (the paper's metric, and
+    the job wall time a user waits for), and the test error against N beside the paper's reported ranges."""
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.6))
+    ranks = set(stats["ranks"])
+    for machine, (color, marker, name) in PAPER_STYLE.items():
+        values = paper_values(paper, "time_decrease")[machine]
+        cores = [int(c) for c in values if int(c) <= max(8, max(ranks))]
+        ax1.plot(cores, [values[str(c)] for c in cores], marker=marker, color=color, label=name)
+        lo, hi = (paper_values(paper, f"ensemble_accuracy_{k}")[machine] for k in ("max", "min"))
+        span = [int(c) for c in next(iter(lo)).split("-")]
+        ax2.fill_between(span, [100 - v for v in lo.values()] * 2, [100 - v for v in hi.values()] * 2, color=color,
+                         alpha=0.25, label=name + ", its range")
+    ensemble = stats[stats["method"] == "ensemble_majority"].sort_values("ranks")
+    fits = ensemble[~ensemble["oversubscribed"].astype(bool)]
+    ax1.errorbar(fits["ranks"], fits["time_decrease_pct_mean"], yerr=fits["time_decrease_pct_sd"].fillna(0),
+                 fmt="o-", color=OURS, capsize=3, label="ours: fit() time, the paper's metric")
+    seq_job = stats[(stats["method"] == "sequential") & (stats["threads"].astype(str) == "all")]["job_seconds_mean"]
+    if len(seq_job):
+        waited = 100 * (1 - fits["job_seconds_mean"] / seq_job.iloc[0])
+        ax1.plot(fits["ranks"], waited, "o--", color=OURS, mfc="white", label="ours: job wall time a user waits for")
+    ax1.axhline(0, color="black", lw=0.5)
+    ax1.set(xlabel="MPI ranks N (cores)", ylabel="time decrease vs sequential, all threads (%)")
+    errors = 100 * (1 - ensemble["accuracy_mean"])
+    ax2.errorbar(ensemble["ranks"], errors, yerr=100 * ensemble["accuracy_sd"].fillna(0), fmt="o-", color=OURS,
+                 capsize=3, label="ours: majority-vote ensemble")
+    error_axis(ax2, [*errors, *(100 - v for m in PAPER_STYLE for v in paper_values(paper, "ensemble_accuracy_min")[m]
+                                .values()), *(100 - v for m in PAPER_STYLE
+                                              for v in paper_values(paper, "ensemble_accuracy_max")[m].values())])
+    sequential_lines(ax2, stats, "accuracy", 100.0, error=True)
+    ax2.set_xlabel("MPI ranks N (cores)")
+    for ax in (ax1, ax2):
+        integer_axis(ax, ranks | {2, 8})
+        ax.grid(alpha=0.3, which="both")
+    title(fig, "Rehman et al. reproduced: training-time decrease and test error against the number of ranks; "
+               + (caption or SD_NOTE))
+    return fig, legend_below(fig, (ax1, ax2), columns=2)
 
 
 DRAW = {
-    "fig_sequential": lambda t: sequential_figure(t["stats"], t["paper"], t["out"], t["inputs"]),
-    "fig_scaling": lambda t: scaling_figure(t["stats"], t["paper"], t["out"], t["inputs"]),
-    "fig_speedup": lambda t: speedup_figure(t["stats"], t["paper"], t["out"], t["inputs"]),
-    "fig_rank_times": lambda t: rank_times_figure(t["rank_times"], t["out"], t["inputs"]),
-    "fig_methods": lambda t: methods_figure(t["stats"], t["out"], t["inputs"]),
-    "fig_voting": lambda t: voting_figure(t["stats"], t["out"], t["inputs"]),
-    "fig_training_curves": lambda t: training_curves_figure(t["histories"], t["out"], t["inputs"]),
-    "fig_communication": lambda t: communication_figure(t["stats"], t["out"], t["inputs"]),
-    "fig_cost": lambda t: cost_figure(t["stats"], t["out"], t["inputs"], t["networks"]),
+    "fig_sequential": lambda t: sequential_figure(t["stats"], t["paper"]),
+    "fig_scaling": lambda t: scaling_figure(t["stats"], t["paper"]),
+    "fig_speedup": lambda t: speedup_figure(t["stats"], t["paper"]),
+    "fig_rank_times": lambda t: rank_times_figure(t["rank_times"]),
+    "fig_methods": lambda t: methods_figure(t["stats"]),
+    "fig_voting": lambda t: voting_figure(t["stats"]),
+    "fig_training_curves": lambda t: training_curves_figure(t["histories"]),
+    "fig_communication": lambda t: communication_figure(t["stats"]),
+    "fig_cost": lambda t: cost_figure(t["stats"], t["networks"]),
+    "fig_headline": lambda t: headline_figure(t["stats"], t["paper"], t.get("caption", "")),
 }
 
 
-def figures(stats_path, rank_times_path, paper_path, outputs, histories=(), networks=()):
+def load_tables(stats_path, rank_times_path, paper_path, histories=(), networks=()):
+    return {"stats": pd.read_csv(stats_path, dtype={"threads": str, "period": str}),
+            "rank_times": pd.read_csv(rank_times_path), "paper": pd.read_csv(paper_path, dtype={"cores": str}),
+            "histories": read_histories(histories), "networks": list(networks),
+            "inputs": inputs_note([stats_path, rank_times_path])}
+
+
+def figures(stats_path, rank_times_path, paper_path, outputs, histories=(), networks=(), caption=""):
     """Draw every figure named in `outputs` ({figure key: path}) from the summarize stage's tables and the models'
     histories ((label, history.csv) pairs); each records the SHA-256 of the tables it was drawn from."""
-    tables = {"stats": pd.read_csv(stats_path, dtype={"threads": str, "period": str}),
-              "rank_times": pd.read_csv(rank_times_path),
-              "paper": pd.read_csv(paper_path, dtype={"cores": str}),
-              "histories": read_histories(histories), "networks": list(networks),
-              "inputs": inputs_note([stats_path, rank_times_path])}
+    tables = {**load_tables(stats_path, rank_times_path, paper_path, histories, networks), "caption": caption}
     for key, path in outputs.items():
-        DRAW[key]({**tables, "out": path})
+        fig, bottom = DRAW[key](tables)
+        save(fig, path, tables["inputs"], bottom)
