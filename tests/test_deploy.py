@@ -78,7 +78,7 @@ def test_every_conda_env_installs_the_package_of_this_version():
     for env in ("data", "train", "summarize"):
         script = (ROOT / "envs" / f"{env}.post-deploy.sh").read_text()
         assert f"mpi-ensemble {mpi_ensemble.__version__}" in script
-        assert "pip install --no-deps ${MPI_ENSEMBLE_SOURCE:?" in script
+        assert "source=${MPI_ENSEMBLE_SOURCE:?" in script and 'pip install --no-deps "$source"' in script
 
 
 # --- every rule's env holds what its code imports ------------------------------------------------------------
@@ -149,12 +149,15 @@ def imported_names(module):
 
 
 def imports_of(sub_command):
-    """Every third-party package the code of a sub-command can import: the modules its function in cli.py
-    imports, and everything they import, anywhere in them."""
+    """Every third-party package the code of a sub-command can import: what cli.py imports at its top, the modules
+    its function for the sub-command imports, and everything those import, anywhere in them."""
     tree = ast.parse((ROOT / "src" / "mpi_ensemble" / "cli.py").read_text())
     [function] = [n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == sub_command]
-    todo = ["cli", "data", "runtime"] + [a.name for n in ast.walk(function) if isinstance(n, ast.ImportFrom) for a in n.names]
-    outside, seen = set(), set()
+    top = [n for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))]
+    outside = {a.name.split(".")[0] for n in top if isinstance(n, ast.Import) for a in n.names}
+    todo = [a.name for n in [*top, *ast.walk(function)] if isinstance(n, ast.ImportFrom) and n.level for a in n.names]
+    outside -= set(sys.stdlib_module_names)
+    seen = set()
     while todo:
         module = todo.pop()
         if module not in seen:

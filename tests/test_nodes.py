@@ -239,7 +239,7 @@ def no_requeue_profile(tmp_path):
     the job itself after SLURM's credential delay (as a preemption, tests/test_preemption.py); without it the
     failure reaches Snakemake, which resubmits the job at once."""
     folder = tmp_path / "profile-no-requeue"
-    shutil.copytree(ROOT / "workflow" / "profiles" / "slurm", folder)
+    shutil.copytree(ROOT / "profiles" / "slurm", folder)
     config = folder / "config.yaml"
     lines = config.read_text().splitlines(keepends=True)
     kept = [line for line in lines if not line.startswith("slurm-requeue:")]

@@ -151,7 +151,7 @@ def test_resumed_timings_are_empty_and_left_out_of_the_statistics(tmp_path):
     by = summary.set_index(["method", "seed"])
     assert np.isnan(by.loc[("ensemble_majority", 2), "speedup"])  # no seed-2 base
     for name in methods.PARTIAL_WHEN_RESUMED:  # a speed-up of 2.74 from the resumed epochs alone, no more
-        assert np.isnan(by.loc[("ensemble_majority", 1), name]) and np.isnan(by.loc[("sequential", 1), name]), name
+        assert pd.isna(by.loc[("ensemble_majority", 1), name]) and pd.isna(by.loc[("sequential", 1), name]), name
     assert by.loc[("ensemble_majority", 1), "accuracy"] == 0.93 and by.loc[("ensemble_majority", 1), "updates_per_rank"] > 0
     stats = summarize.group_stats(summary).set_index("method")
     ens = stats.loc["ensemble_majority"]
@@ -333,3 +333,19 @@ def test_summarize_finds_each_results_benchmarks_where_the_declaration_puts_them
         assert summary.loc[i, "job_seconds"] == pytest.approx(own + sum(100 * i + 10 + j for j in range(1, jobs)))
     prov = json.loads(outs["provenance"].read_text())
     assert prov["workflow_cores"] == 2 and prov["isa_flags"] == ["avx2"] and prov["versions"]["keras"] == "3"
+
+
+def test_time_to_a_target_is_the_slowest_process_epochs_until_the_delivered_model_reached_it():
+    base = result("data_parallel", 2, 1, [9.0, 10.0])
+    base["rank_timing"][0]["epoch_seconds"], base["rank_timing"][1]["epoch_seconds"] = [2.0, 3.0, 4.0], [3.0, 2.0, 5.0]
+    base["rank_timing"][0]["history"] = {methods.DELIVERED: [0.85, 0.92, 0.95]}
+    out = summarize.time_to_targets(base, [0.9, 0.95, 0.99])
+    assert out["seconds_to_0.9"] == 5.0 and out["core_seconds_to_0.9"] == 5.0 * base["cores_used"]
+    assert out["seconds_to_0.95"] == 10.0 and out["seconds_to_0.99"] is None  # never reached: empty
+    ensemble = {**base, "method": "ensemble_majority", methods.DELIVERED: [0.95, 0.96, 0.97]}
+    assert summarize.time_to_targets(ensemble, [0.9])["seconds_to_0.9"] == 3.0  # the vote's history, its own key
+    for derived in ("ensemble_soft", "single_shard", "weight_average_by_test"):  # no training of their own
+        assert summarize.time_to_targets({**ensemble, "method": derived}, [0.9])["seconds_to_0.9"] is None
+    assert methods.target_columns([0.98, 0.99]) == ["seconds_to_0.98", "core_seconds_to_0.98", "seconds_to_0.99",
+                                                    "core_seconds_to_0.99"]
+    assert methods.partial_when_resumed("core_seconds_to_0.98") and not methods.partial_when_resumed("accuracy")

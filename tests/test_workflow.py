@@ -17,14 +17,12 @@ import pytest
 from conftest import BIN, ROOT, SMOKE, project_copy, skip_unless_required, snakemake
 from test_data import FASHION_DIR, fashion_files_or_skip
 
+from mpi_ensemble import methods
+
 PAPER_METHODS = ("sequential", "ensemble_majority")
-NEW_METHODS = ("ensemble_soft", "ensemble_majority_tiebreak", "weight_average_by_test", "weight_average_by_validation",
-               "single_shard", "data_parallel", "weight_average_shared_start", "local_sgd")
-FIGURES = {"fig5_sequential.png", "fig6_scaling.png", "fig_methods.png", "fig_voting.png", "speedup.png",
-           "rank_times.png", "training_curves.png", "fig_communication.png", "fig_cost.png"}
-METHODS = ("sequential", "ensemble_majority", "ensemble_soft", "ensemble_majority_tiebreak", "weight_average_by_test",
-           "weight_average_by_validation", "single_shard", "data_parallel", "weight_average_shared_start",
-           "local_sgd")
+NEW_METHODS = tuple(name for name in methods.NAMES if name not in PAPER_METHODS)
+FIGURES = set(methods.FIGURES.values())
+METHODS = methods.NAMES
 
 
 def read_csv(path):
@@ -49,10 +47,11 @@ def test_summary_rows_of_every_method(smoke_run):
         ("sequential", 1, "1", ""), ("sequential", 1, "all", ""),
         *{(m, n, str(2 // n), "") for m in ("ensemble_majority", "ensemble_soft", "ensemble_majority_tiebreak")
           for n in (1, 2)},
-        ("data_parallel", 2, "1", ""),
+        ("data_parallel", 2, "1", ""), ("data_parallel_rank_batch", 2, "1", ""),
         ("weight_average_by_test", 2, "1", ""), ("weight_average_by_validation", 2, "1", ""),
         ("single_shard", 2, "1", ""), ("weight_average_shared_start", 2, "1", "end"),
         ("local_sgd", 2, "1", "16"), ("local_sgd", 2, "1", "epoch"),
+        ("post_local_sgd", 2, "1", "16"), ("post_local_sgd", 2, "1", "epoch"),
     }
     for row in rows[~rows.method.str.startswith("weight_average_by")].itertuples():
         assert 0.5 < row.accuracy <= 1.0, row  # chance is 0.1
@@ -107,7 +106,19 @@ def test_methods_that_talk_count_what_they_sent(smoke_run):
     assert sums[0] == sums[1] and epoch.accuracy == shared.accuracy
     dp = row[("data_parallel", 2, "")]
     assert (dp.steps_per_epoch, dp.averagings_per_epoch, dp.allreduces_per_rank) == (75, 75, 76)
-    assert dp.allreduce_bytes_per_rank == 75 * (93322 + 2) * 4 + 2 * 8
+    assert (dp.batch_per_rank, dp.global_batch, dp.updates_per_rank) == (32, 64, 75)
+    validation = 3 * 8  # the held-out images' summed loss, correct ones and count
+    assert dp.allreduce_bytes_per_rank == 75 * (93322 + 2) * 4 + validation
+    # Synchronous SGD at 64 images per rank on the shards local SGD trains on: its 38 steps, not the 75 of 64 images
+    # in all; post-local SGD's first epoch is that, and with one epoch the whole of it.
+    for method in ("data_parallel_rank_batch", "post_local_sgd"):
+        sync = row[(method, 2, "16" if method == "post_local_sgd" else "")]
+        assert (sync.batch_per_rank, sync.global_batch, sync.updates_per_rank, sync.allreduces_per_rank) == \
+            (64, 128, 38, 39), method
+        assert sync.allreduce_bytes_per_rank == 38 * (93322 + 2) * 4 + validation
+        # a wire byte per payload byte between 2 ranks (reduce-scatter + allgather: 2 (N - 1) / N)
+        assert sync.wire_bytes_per_rank == pytest.approx(sync.allreduce_bytes_per_rank, rel=1e-3)
+    assert (k16.batch_per_rank, k16.global_batch, k16.updates_per_rank) == (64, 128, 38)
     assert row[("ensemble_majority", 2, "")].allreduces_per_rank == 0
     assert row[("ensemble_majority", 2, "")].averagings_per_epoch == 0
 
@@ -378,13 +389,14 @@ def job_counts(text):
 def test_every_method_runs_for_every_seed(tmp_path):
     # In a fresh copy: results of an earlier run in the checkout would hide jobs from the dry run.
     out = snakemake(project_copy(tmp_path), "-n", "--config", "ranks=[1,2]", "seeds=[0,1,2]",
-                    "max_train_images=6000")
+                    "max_train_images=6000", "local_sgd_periods=[16,epoch]")
     counts = job_counts(out.stdout)
     assert counts["train_sequential"] == 6  # 2 baselines x 3 seeds
     for rule in ("train_mpi_ranks1", "train_mpi_ranks2", "train_data_parallel_ranks2", "single_shard",
-                 "train_weight_average_shared_start_ranks2", "weight_average"):
+                 "train_data_parallel_rank_batch_ranks2", "train_weight_average_shared_start_ranks2", "weight_average"):
         assert counts[rule] == 3, (rule, counts)
-    assert counts["vote_variants"] == 6 and counts["ensemble"] == 6 and counts["train_local_sgd_ranks2"] == 6
+    assert counts["vote_variants"] == 6 and counts["ensemble"] == 6  # N = 1 and 2
+    assert counts["train_local_sgd_ranks2"] == counts["train_post_local_sgd_ranks2"] == 6  # 2 periods x 3 seeds
 
 
 def test_controls_run_where_the_ranks_fit_unless_asked_for_every_rank_or_none(tmp_path):
@@ -392,7 +404,8 @@ def test_controls_run_where_the_ranks_fit_unless_asked_for_every_rank_or_none(tm
     default = job_counts(snakemake(work, "-n", "--config", "ranks=[1,2,3,4]").stdout)
     assert {r for r in default if r.startswith("train_mpi")} == {f"train_mpi_ranks{n}" for n in (1, 2, 3, 4)}
     # the methods whose ranks talk, and those that need two members, from N = 2
-    assert {r for r in default if r.startswith("train_data_parallel")} == {"train_data_parallel_ranks2"}
+    assert {r for r in default if r.startswith("train_data_parallel")} == {"train_data_parallel_ranks2",
+                                                                           "train_data_parallel_rank_batch_ranks2"}
     assert default["ensemble"] == 4 and default["vote_variants"] == 2 and default["single_shard"] == 1
     every = job_counts(snakemake(work, "-n", "--config", "ranks=[1,2,3,4]", "control_ranks=all").stdout)
     assert every["train_data_parallel_ranks4"] == 1 and every["vote_variants"] == 4 and every["single_shard"] == 3
@@ -442,7 +455,7 @@ def test_one_cli_with_a_sub_command_per_rule(tmp_path):
         command = re.search(r"^Shell command: (.*)$", block, re.M)
         if command and command[1] != "None":  # the target rules run nothing
             called[rule] = set(re.findall(r"-m mpi_ensemble (\w+)", command[1])) - {"clean_shm"}
-    assert len(called) == 16  # the data, training, combine and summarize rules at N = 1 and 2
+    assert len(called) == 18  # the data, training, combine and summarize rules at N = 1 and 2
     for rule, subs in called.items():
         assert subs == {re.sub(r"_ranks\d+$", "", rule)}, (rule, subs)
     commands = set(cli.build_parser()._subparsers._group_actions[0].choices)

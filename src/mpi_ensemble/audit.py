@@ -322,6 +322,11 @@ def rescore(folder, findings):
         if run.method == "ensemble_majority":
             check_probabilities(path.parent / "probabilities.npy", np.stack([folder.model(m)[0] for m in models]),
                                 findings)
+            voted = delivered_history(run, folder.records(run, result)) or []
+            for epoch, (a, b) in enumerate(zip(result.get(methods.DELIVERED) or [], voted)):
+                findings.compare("result cells", path, f"epoch {epoch + 1}", methods.DELIVERED, a, b)
+            if len(result.get(methods.DELIVERED) or []) != len(voted):
+                findings.add(path, "-", methods.DELIVERED, result.get(methods.DELIVERED), voted)
     return scored
 
 
@@ -417,7 +422,41 @@ def threads_per_rank(record):
     return int(threads)
 
 
-def summary_rows(folder, scored):
+def delivered_history(run, recs):
+    """The validation accuracy after every epoch of the model a training delivers: its own (or its ranks'
+    averaged) model's, as its records carry it; for the ensemble the majority vote of its members' predictions of
+    their common validation sample, voted here; none for the results that are no training's own."""
+    made_of = run.declared.made_of
+    if made_of == "rank0" or (made_of == "members" and run.method != "ensemble_majority"):
+        return None
+    if run.method != "ensemble_majority":
+        return (recs[0].get("history") or {}).get(methods.DELIVERED)
+    samples = [r.get("vote_sample") or {} for r in recs]
+    if not samples[0].get("truth") or any(not s.get("labels") or None in s["labels"] for s in samples):
+        return None
+    truth = np.asarray(samples[0]["truth"])
+    votes = [np.array([s["labels"][e] for s in samples]) for e in range(min(len(s["labels"]) for s in samples))]
+    classes = 1 + max(int(truth.max()), *(int(v.max()) for v in votes))
+    return [float(np.mean(majority(v, classes)[0] == truth)) for v in votes]
+
+
+def time_to_targets(run, recs, cores_used, targets):
+    """seconds_to_t and core_seconds_to_t: the slowest process's epochs summed up to the first whose delivered
+    accuracy reached t."""
+    out = {f"{prefix}{t:g}": None for t in targets for prefix in methods.TARGET_PREFIXES}
+    history = delivered_history(run, recs)
+    if not history:
+        return out
+    done = min(len(r.get("epoch_seconds") or []) for r in recs)
+    reached = [max(sum(r["epoch_seconds"][:i + 1]) for r in recs) for i in range(done)]
+    for t in targets:
+        first = next((i for i, a in enumerate(history[:done]) if a >= t), None)
+        if first is not None:
+            out[f"seconds_to_{t:g}"], out[f"core_seconds_to_{t:g}"] = reached[first], reached[first] * cores_used
+    return out
+
+
+def summary_rows(folder, scored, targets=()):
     """Every summary row, keyed by (method, ranks, period, threads, seed), from records, rescoring and benchmarks."""
     rows = {}
     for path, (run, result) in folder.results.items():
@@ -433,6 +472,7 @@ def summary_rows(folder, scored):
         row.update(job_times(folder, run, recs))
         row.update(steps(run, result, recs))
         row.update(throughput(recs, row, scored.get(path, {}).get("flops")))
+        row.update(time_to_targets(run, recs, row["cores_used"], targets))
         rows[(run.method, run.ranks, str(row["period"]), row["threads"], run.seed)] = row
     add_baselines(rows)
     return rows
@@ -512,6 +552,7 @@ def add_baselines(rows):
         row["job_speedup"] = ratio(one.get("job_seconds"), row["job_seconds"])
     for row in rows.values():
         if row["resumed_from_epoch"]:
+            row.update({column: math.nan for column in row if methods.partial_when_resumed(column)})
             row.update({column: math.nan for column in methods.PARTIAL_WHEN_RESUMED})
 
 
@@ -584,7 +625,7 @@ def compare_stats(folder, stats, findings):
 
 def seeds_behind(metric):
     """Resumed jobs give accuracies, not timings: a timing's mean rests on the seeds that were timed."""
-    return "n_timed" if any(metric.startswith(c) for c in methods.PARTIAL_WHEN_RESUMED) else "n_seeds"
+    return "n_timed" if methods.partial_when_resumed(metric) else "n_seeds"
 
 
 def expected_differences(stats):
@@ -744,7 +785,10 @@ def audit(results_dir, paper_path):
     scored = rescore(folder, findings)
     check_rank_timing(folder, findings)
     check_histories(folder, findings)
-    rows = summary_rows(folder, scored)
+    header = [] if "summary.csv" in missing_tables else \
+        next(csv.reader((folder.root / "summary.csv").read_text(encoding="utf-8").splitlines()))
+    targets = [float(c[len("seconds_to_"):]) for c in header if c.startswith("seconds_to_")]
+    rows = summary_rows(folder, scored, targets)
     stats = group_stats(rows)
     checks = {"summary.csv": lambda: compare_summary(folder, rows, findings),
               "summary_stats.csv": lambda: compare_stats(folder, stats, findings),

@@ -22,7 +22,7 @@ ARRAYS = ("train_x", "train_y", "test_x", "test_y")
 def settings_of(args):
     """The training settings every trainer records (and a resumed or compared run must match)."""
     return {"epochs": args.epochs, "batch_size": args.batch_size, "validation_split": args.validation_split,
-            "precision": args.precision}
+            "precision": args.precision, "learning_rate_scaling": args.learning_rate_scaling}
 
 
 def use_cpu_tuning(args):
@@ -73,6 +73,23 @@ def train_data_parallel(args):
     training.train_data_parallel(arrays_of(args), args.out_dir, args.threads, args.seed,
                                  {**settings_of(args), "batch_semantics": "global batch split across ranks"},
                                  args.job_cores, args.checkpoint_dir)
+
+
+def train_data_parallel_rank_batch(args):
+    from . import training
+
+    use_cpu_tuning(args)
+    training.train_data_parallel_rank_batch(arrays_of(args), args.out_dir, args.threads, args.seed,
+                                            {**settings_of(args), "batch_semantics": "batch_size per rank"},
+                                            args.job_cores, args.checkpoint_dir)
+
+
+def train_post_local_sgd(args):
+    from . import local_sgd, training
+
+    use_cpu_tuning(args)
+    training.train_post_local_sgd(arrays_of(args), args.out_dir, args.threads, args.seed, settings_of(args),
+                                  local_sgd.parse_period(args.period), args.job_cores, args.checkpoint_dir)
 
 
 def train_local_sgd(args):
@@ -131,7 +148,7 @@ def summarize(args):
 
     outputs = {k: getattr(args, k) for k in ("summary", "stats", "differences", "comparison", "rank_times",
                                               "provenance")}
-    print(stage.summarize(args.results, args.paper, args.cores, outputs, args.results_dir))
+    print(stage.summarize(args.results, args.paper, args.cores, outputs, args.results_dir, args.targets))
 
 
 def figures(args):
@@ -171,6 +188,9 @@ def training_args(parser):
     parser.add_argument("--validation-split", type=float, required=True)
     parser.add_argument("--precision", default="float32", choices=("float32", "mixed_bfloat16"),
                         help="Keras dtype policy; mixed_bfloat16 needs a CPU with native bfloat16")
+    parser.add_argument("--learning-rate-scaling", default="none", choices=("none", "linear", "sqrt"),
+                        help="the one learning-rate rule: Adam's 0.001 for updates of batch-size images, scaled for "
+                        "updates that average more (model.learning_rate)")
     parser.add_argument("--cpu-tuning", default="auto", choices=runtime.CPU_TUNINGS,
                         help="auto: kernel settings chosen from the CPU's flags; tensorflow: TensorFlow's defaults")
     parser.add_argument("--checkpoint-dir", help="keep a checkpoint per rank and epoch here, resume from it, and "
@@ -232,6 +252,19 @@ def training_commands(sub):
     p.add_argument("--period", required=True, help="local steps between averagings, or 'epoch'")
     p.set_defaults(func=train_local_sgd)
 
+    p = sub.add_parser("train_data_parallel_rank_batch", help="one MPI rank of synchronous SGD at batch-size images "
+                       "per rank, on its shard")
+    training_args(p)
+    required(p, "test-x", "test-y", "out-dir")
+    p.set_defaults(func=train_data_parallel_rank_batch)
+
+    p = sub.add_parser("train_post_local_sgd", help="one MPI rank of post-local SGD: synchronous first, then weights "
+                       "averaged every --period local steps")
+    training_args(p)
+    required(p, "test-x", "test-y", "out-dir")
+    p.add_argument("--period", required=True, help="local steps between averagings, or 'epoch'")
+    p.set_defaults(func=train_post_local_sgd)
+
     p = sub.add_parser("train_weight_average_shared_start", help="one MPI rank of training from a shared start, "
                        "the weights averaged once at the end")
     training_args(p)
@@ -266,6 +299,7 @@ def summarize_commands(sub):
     p = sub.add_parser("summarize", help="summary.csv, statistics over seeds, paper comparison, provenance")
     p.add_argument("--results", nargs="+", required=True)
     p.add_argument("--results-dir", default="results", help="where the benchmarks of the results' jobs are")
+    p.add_argument("--targets", nargs="*", type=float, default=[], help="validation accuracies to time the training to")
     p.add_argument("--cores", type=int, required=True)
     required(p, "paper", "summary", "stats", "differences", "comparison", "rank-times", "provenance")
     p.set_defaults(func=summarize)

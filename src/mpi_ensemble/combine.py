@@ -9,7 +9,7 @@ that its job time is one model's evaluation, not the N members'. All results are
 
 import numpy as np
 
-from . import atomic, data, metrics, records, startup, training, voting
+from . import atomic, data, methods, metrics, records, startup, training, voting
 from .model import CLASSES
 # Other ways to combine the same N members: (winners, mask of the ties the rule had to break).
 VOTE_VARIANTS = {
@@ -50,10 +50,26 @@ def ensemble(model_paths, record_paths, test_x_path, test_y_path, result_path, p
     scores = metrics.classification_metrics(test_y, winners, CLASSES)
     atomic.write_npy(probabilities_path, probabilities.astype(np.float32))
     result = records.result_record("ensemble_majority", members, scores, ties.sum(),
-                                   member_accuracy(probabilities, test_y))
+                                   member_accuracy(probabilities, test_y), **{methods.DELIVERED: vote_history(members)})
     atomic.write_json(result_path, result)
     return (f"ensemble of {len(model_paths)}: accuracy {scores['accuracy']:.4f}, {int(ties.sum())} ties, "
             f"members {', '.join(f'{a:.4f}' for a in result['member_accuracy'])}")
+
+
+def vote_history(members):
+    """The majority vote's accuracy on the members' common validation sample after every epoch (their records'
+    `vote_sample`: what each predicted, the true labels): the validation accuracy of the model the ensemble would
+    have delivered then. None where a member lacks an epoch's predictions."""
+    samples = [m.get("vote_sample") or {} for m in members]
+    labels = [s.get("labels") or [] for s in samples]
+    if not samples[0].get("truth") or any(None in epochs or not epochs for epochs in labels):
+        return None
+    truth = np.asarray(samples[0]["truth"])
+    history = []
+    for epoch in range(min(len(epochs) for epochs in labels)):
+        winners, _ = voting.majority_vote(np.array([member[epoch] for member in labels]), CLASSES)
+        history.append(float((winners == truth).mean()))
+    return history
 
 
 def vote_variants(probabilities_path, record_paths, test_y_path, result_paths):

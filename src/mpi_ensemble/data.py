@@ -348,6 +348,16 @@ def validation_split_index(n_items, validation_split):
     return int(np.floor(n_items * (1.0 - validation_split)))
 
 
+def vote_sample(n_items, ranks, validation_split, size=2000):
+    """The held-out images an ensemble's members all predict after every epoch, so that the ensemble rule can vote
+    them: `size` of them (or all), evenly spread over the union of the ranks' validation parts (never trained on)."""
+    held_out = np.concatenate([np.arange(start + validation_split_index(stop - start, validation_split), stop)
+                               for start, stop in (shard_range(n_items, ranks, r) for r in range(ranks))])
+    if len(held_out) <= size:
+        return held_out
+    return held_out[np.linspace(0, len(held_out) - 1, size).round().astype(int)]
+
+
 def load_arrays(x_path, y_path, start=None, stop=None):
     """Read only [start, stop) of the arrays: memory-mapped, so no rank loads the whole file."""
     x = np.load(x_path, mmap_mode="r")[start:stop]

@@ -21,7 +21,6 @@ from . import checkpoint, data
 from .collective import Traffic, broadcast_weights, flatten
 
 
-
 def epoch_batches(n_train, batch_size, seed, epoch):
     """The global batches of one epoch: the same shuffled index arrays on every rank."""
     order = np.random.default_rng([seed, epoch]).permutation(n_train)
@@ -37,7 +36,7 @@ class DataParallelEpochs:
     """The epoch step of data-parallel training: local gradient (compiled), one flat Allreduce, Adam update
     (compiled), for every global batch; then the validation, scored by all ranks together."""
 
-    def __init__(self, keras, net, comm, x, y, settings, seed, environment=None):
+    def __init__(self, keras, net, comm, x, y, settings, seed, environment=None, global_batch=None):
         import tensorflow as tf
 
         self.net, self.comm, self.x, self.y, self.seed = net, comm, x, y, seed
@@ -56,7 +55,7 @@ class DataParallelEpochs:
         self._gradients = tf.function(self._local_gradients, input_signature=[spec_x, spec_y, scale])
         self._apply = tf.function(self._apply_flat, input_signature=[tf.TensorSpec((None,), tf.float32)])
         self._evaluate = tf.function(self._evaluate_batch, input_signature=[spec_x, spec_y])
-        self.batch_size = settings["batch_size"]
+        self.batch_size = global_batch or settings["batch_size"]
         self.cut = data.validation_split_index(len(x), settings["validation_split"])
         self.steps_per_epoch = len(epoch_batches(self.cut, self.batch_size, seed, 0))
         # Per epoch: this rank's parts of the global batches, and of the held-out images.
@@ -139,14 +138,18 @@ class DataParallelEpochs:
         return logs
 
     def validate(self, batch=1024):
-        """(loss, accuracy) on the held-out x[cut:], each rank scoring its part, summed by an Allreduce."""
+        """(loss, accuracy) on the held-out images, each rank scoring its part, summed by an Allreduce."""
         x, y = self.x[self.validation_part], self.y[self.validation_part]
-        totals = np.zeros(2, dtype=np.float64)
+        totals = np.zeros(3, dtype=np.float64)
         for i in range(0, len(x), batch):
-            totals += [float(v) for v in self._evaluate(x[i:i + batch], y[i:i + batch])]
+            totals[:2] += [float(v) for v in self._evaluate(x[i:i + batch], y[i:i + batch])]
+        totals[2] = len(x)
         self.traffic.allreduce(totals)
-        held_out = len(self.x) - self.cut
-        return totals[0] / held_out, totals[1] / held_out
+        return totals[0] / totals[2], totals[1] / totals[2]
+
+    def delivered(self, logs):
+        """The replicas are the model: its validation accuracy."""
+        return logs.get("val_accuracy")
 
     def finish(self):
         pass
@@ -155,5 +158,44 @@ class DataParallelEpochs:
         return {"steps_per_epoch": self.steps_per_epoch, "averagings_per_epoch": self.steps_per_epoch,
                 "batch_per_rank": -(-self.batch_size // self.size), "global_batch": self.batch_size,
                 "global_train_images": self.cut, **self.traffic.facts()}
+
+
+class ShardedDataParallelEpochs(DataParallelEpochs):
+    """Synchronous SGD at the per-rank batch on the ranks' own shards, the data local SGD trains on: every step
+    each rank takes its next `batch_size` images in the same epoch order local SGD draws (training.epoch_order of
+    seed, rank, epoch), and one Allreduce gives every rank the mean gradient over the N·batch_size images (fewer
+    in an epoch's last step). Every rank takes the `common` steps all can (local_sgd.common_steps: the last rank's
+    extra step of its remainder is left out). The validation is each rank's own held-out part, summed."""
+
+    def __init__(self, keras, net, comm, x, y, settings, seed, environment=None, common=None, shard_cuts=None):
+        super().__init__(keras, net, comm, x, y, settings, seed, environment)
+        self.batch_size, self.common = settings["batch_size"], common
+        self.shard_cuts = shard_cuts  # every rank's training images, to know each step's global count
+        self.steps_per_epoch = common
+        self.train_images = min(self.cut, common * self.batch_size)
+        self.validation_part = np.arange(self.cut, len(x))
+        self.validation_images = len(self.validation_part)
+
+    def global_count(self, step):
+        return sum(min(self.batch_size, max(0, cut - step * self.batch_size)) for cut in self.shard_cuts)
+
+    def train_epoch(self, epoch):
+        from .training import epoch_order
+
+        order = epoch_order(self.cut, self.seed, self.rank, epoch)
+        loss_sum = correct_sum = images = 0.0
+        for i in range(self.common):
+            part = np.sort(order[i * self.batch_size:(i + 1) * self.batch_size])
+            count = self.global_count(i)
+            loss, correct = self.step(self.x[part], self.y[part], count)
+            loss_sum, correct_sum, images = loss_sum + loss * count, correct_sum + correct, images + count
+        logs = {"loss": loss_sum / images, "accuracy": correct_sum / images}
+        if self.validation_images:
+            logs["val_loss"], logs["val_accuracy"] = self.validate()
+        return logs
+
+    def facts(self):
+        return {**super().facts(), "batch_per_rank": self.batch_size, "global_batch": self.batch_size * self.size,
+                "global_train_images": sum(min(c, self.common * self.batch_size) for c in self.shard_cuts)}
 
 

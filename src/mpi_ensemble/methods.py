@@ -64,12 +64,18 @@ METHODS = (
     together("data_parallel", "data-parallel, global batch (allreduce every step)", "tab:purple", "s",
              "synchronous data-parallel training: one model, gradients averaged every step; the global batch is "
              "batch_size, split across the ranks"),
+    together("data_parallel_rank_batch", "data-parallel, batch per rank (synchronous SGD)", "tab:orange", ">",
+             "synchronous SGD at batch_size images per rank on the ranks' own shards (global batch batch_size·N), "
+             "gradients averaged every step: local SGD's comparison"),
     together("weight_average_shared_start", "shared start, weights averaged once at the end", "tab:brown", "*",
              "every rank starts from rank 0's weights, trains on its shard; the weights are averaged once, at the "
              "end"),
     together("local_sgd", "local SGD", "tab:pink", "h",
              "a shared start; the ranks average their weights every `period` local steps (or once per epoch)",
              periodic=True),
+    together("post_local_sgd", "post-local SGD (synchronous first epoch)", "navy", "<",
+             "synchronous SGD at batch_size per rank for the first epoch, then local SGD with period `period` (Lin "
+             "et al., 2020)", periodic=True),
 )
 BY_NAME = {m.name: m for m in METHODS}
 NAMES = tuple(BY_NAME)
@@ -84,6 +90,22 @@ PARTIAL_WHEN_RESUMED = (
     "efficiency", "job_speedup", "allreduces_per_rank", "allreduce_bytes_per_rank", "allreduce_seconds_max",
     "core_seconds", "cpu_seconds", "images_per_second_per_core", "gflops_per_core",
 )
+
+
+# The seconds (and core-seconds) of training until the delivered model first reached a target validation accuracy:
+# one column pair per target of the config, partial as the timings are.
+TARGET_PREFIXES = ("seconds_to_", "core_seconds_to_")
+# The validation accuracy, per epoch, of the model a method would deliver (training.DELIVERED).
+DELIVERED = "delivered_val_accuracy"
+
+
+def target_columns(targets):
+    return [f"{prefix}{target:g}" for target in targets for prefix in TARGET_PREFIXES]
+
+
+def partial_when_resumed(column):
+    """Is this summary.csv column one that a resumed job measured only in part?"""
+    return column in PARTIAL_WHEN_RESUMED or column.startswith(TARGET_PREFIXES)
 
 
 def method(name):

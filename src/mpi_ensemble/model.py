@@ -8,10 +8,23 @@ CLASSES = 10
 # Raise whenever build_model's layers, initialisers or compile settings change: a checkpoint saved by another
 # version of the model is then discarded instead of resumed.
 MODEL_VERSION = 2
+# Adam's default, which the paper's "adam" takes, for an update that averages the gradient of batch_size images.
+BASE_LEARNING_RATE = 0.001
+# The learning-rate rule of every method, by the images one optimizer update averages against batch_size: none
+# (the paper's), linear (Goyal et al. 2017) or square root (Krizhevsky 2014; Hoffer et al. 2017).
+SCALINGS = {"none": lambda ratio: 1.0, "linear": lambda ratio: ratio, "sqrt": lambda ratio: ratio ** 0.5}
+
+
+def learning_rate(scaling, images_per_update, batch_size):
+    """The one learning-rate rule: BASE_LEARNING_RATE for updates of batch_size images, scaled by `scaling` for
+    updates that average more (synchronous SGD at 64 images per rank: 64·N)."""
+    if scaling not in SCALINGS:
+        raise ValueError(f"learning_rate_scaling must be one of {', '.join(SCALINGS)}, not {scaling!r}")
+    return BASE_LEARNING_RATE * SCALINGS[scaling](images_per_update / batch_size)
 
 
 def build_model(keras, input_shape=IMAGE_SHAPE, classes=CLASSES, steps_per_execution=1, optimizer="adam",
-                output_dtype="float32"):
+                output_dtype="float32", learning_rate=BASE_LEARNING_RATE):
     """Conv32-Pool-Conv64-Pool-Conv64-Flatten-Dense64-Dense10: 3x3 valid convs, ReLU, softmax (93,322 params).
 
     The output layer computes in float32 whatever the precision policy: under mixed_bfloat16 a bfloat16 softmax
@@ -34,6 +47,8 @@ def build_model(keras, input_shape=IMAGE_SHAPE, classes=CLASSES, steps_per_execu
     # Integer labels with the sparse loss equal one-hot labels with categorical cross-entropy, without the copy.
     # steps_per_execution > 1 runs that many train steps per call into the compiled graph: same batches, same
     # updates, fewer Python round trips.
+    if optimizer == "adam":  # the paper's, at the learning rate of the one rule (Adam's default for batch_size)
+        optimizer = keras.optimizers.Adam(learning_rate=learning_rate)
     model.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy", metrics=["accuracy"],
                   steps_per_execution=steps_per_execution)
     return model

@@ -79,7 +79,27 @@ def job_times(result, timing, benchmarks):
     return train_seconds, train_seconds + sum(seconds for seconds, _ in jobs[1:]), memory
 
 
-def summary_row(result, benchmarks):
+def time_to_targets(result, targets):
+    """{seconds_to_t, core_seconds_to_t} for each target t: the epochs' seconds (the slowest process's, summed up to
+    that epoch) until the model the method would deliver first reached t on its validation images, and those
+    seconds times the cores used; empty when it never did, and for the results that are not a training's own (the
+    other votes, the averages of the members, rank 0 alone: their training row is the ensemble's)."""
+    columns = dict.fromkeys(methods.target_columns(targets))
+    delivered = result.get(methods.DELIVERED) or (result["rank_timing"][0].get("history") or {}).get(methods.DELIVERED)
+    if not delivered or methods.method(result["method"]).made_of == "rank0" or \
+            (methods.method(result["method"]).made_of == "members" and result["method"] != "ensemble_majority"):
+        return columns
+    epochs = [list(t.get("epoch_seconds") or []) for t in result["rank_timing"]]
+    reached = [max(sum(e[:i + 1]) for e in epochs) for i in range(min(len(e) for e in epochs))]
+    for target in targets:
+        first = next((i for i, accuracy in enumerate(delivered) if accuracy >= target and i < len(reached)), None)
+        if first is not None:
+            columns[f"seconds_to_{target:g}"] = reached[first]
+            columns[f"core_seconds_to_{target:g}"] = reached[first] * result["cores_used"]
+    return columns
+
+
+def summary_row(result, benchmarks, targets=()):
     """One result as a row; its relative and throughput columns are added over the whole table."""
     timing = pd.DataFrame(result["rank_timing"])
     train_seconds, job_seconds, memory = job_times(result, timing, benchmarks)
@@ -104,6 +124,7 @@ def summary_row(result, benchmarks):
         "cpu_seconds": timing["cpu_seconds"].sum(),
         "rank_peak_rss_mib": timing["peak_rss_mib"].max(),
         "train_job_max_rss_mib": memory,
+        **time_to_targets(result, targets),
     }
 
 
@@ -139,9 +160,10 @@ def clean_timings(frame):
     """`frame` with the partial columns of resumed jobs emptied: part of a run's time never passes for all of it."""
     out = frame.copy()
     resumed = out["resumed_from_epoch"] > 0
-    for name in methods.PARTIAL_WHEN_RESUMED:
-        if name in out:
-            out[name] = out[name].astype(float).mask(resumed)
+    for name in out.columns:
+        if methods.partial_when_resumed(name):
+            counts = pd.api.types.is_integer_dtype(out[name])  # counts stay whole numbers in the CSV, not 6 digits
+            out[name] = out[name].astype(float).mask(resumed).astype("Int64" if counts else float)
     return out
 
 
@@ -177,15 +199,16 @@ def add_relative_columns(frame):
     return out
 
 
-def summary_table(results):
-    """`results`: (result record, [benchmark paths]) pairs -> summary.csv's rows, sorted."""
-    frame = pd.DataFrame([summary_row(result, benches) for result, benches in results])
+def summary_table(results, targets=()):
+    """`results`: (result record, [benchmark paths]) pairs -> summary.csv's rows, sorted; the columns of the
+    target accuracies last."""
+    frame = pd.DataFrame([summary_row(result, benches, targets) for result, benches in results])
     frame = clean_timings(add_relative_columns(add_throughput_columns(frame)))
     frame["sequential_first"] = frame["method"] != "sequential"
     frame["threads_key"] = frame["threads"].astype(str)
     frame["period_key"] = frame["period"].astype(str)
     frame = frame.sort_values(["sequential_first", "method", "ranks", "period_key", "threads_key", "seed"])
-    return frame[COLUMNS].reset_index(drop=True)
+    return frame[COLUMNS + methods.target_columns(targets)].reset_index(drop=True)
 
 
 def rank_times(results):
@@ -213,7 +236,7 @@ def group_stats(summary):
     stats = grouped["seed"].nunique().rename("n_seeds").to_frame()
     stats["n_timed"] = grouped["resumed_from_epoch"].agg(lambda epochs: int((epochs == 0).sum()))
     stats["n_resumed"] = grouped["resumed_from_epoch"].agg(lambda epochs: int((epochs > 0).sum()))
-    for metric in STAT_METRICS:
+    for metric in (*STAT_METRICS, *(c for c in frame.columns if c.startswith(methods.TARGET_PREFIXES))):
         values = grouped[metric].agg(["mean", "std"])  # pandas' std is the sample sd (ddof=1), NaN for one value
         stats[f"{metric}_mean"], stats[f"{metric}_sd"] = values["mean"], values["std"]
     return stats.reset_index()
@@ -229,7 +252,7 @@ def exceeds_spread(diff, sd_a, sd_b):
 
 def seed_count(column):
     """The stats column that counts the seeds behind a metric: resumed jobs give accuracies, not timings."""
-    return "n_timed" if any(column.startswith(t) for t in methods.PARTIAL_WHEN_RESUMED) else "n_seeds"
+    return "n_timed" if methods.partial_when_resumed(column) else "n_seeds"
 
 
 def differences(stats):
@@ -422,7 +445,7 @@ def method_page(summary, method, inputs=""):
 # --- the stage's entry points ---------------------------------------------------------------------------------
 
 
-def summarize(result_paths, paper_path, workflow_cores, outputs, root="results"):
+def summarize(result_paths, paper_path, workflow_cores, outputs, root="results", targets=()):
     """Writes summary, statistics, differences, comparison, rank times and provenance of the results (result.json
     paths; the benchmarks of their jobs are where the method declaration puts them under `root`) to the paths in
     `outputs`; returns the verdict on the seed spread."""
@@ -430,7 +453,7 @@ def summarize(result_paths, paper_path, workflow_cores, outputs, root="results")
     for path in result_paths:
         result = atomic.read_json(path)
         loaded.append((result, methods.benchmarks(methods.run_of(result), root)))
-    summary = summary_table(loaded)
+    summary = summary_table(loaded, targets)
     stats = group_stats(summary)
     diffs = differences(stats)
     comparison = compare(pd.read_csv(paper_path, dtype={"cores": str}), stats)

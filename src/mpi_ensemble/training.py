@@ -21,7 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from . import atomic, checkpoint, collective, data, data_parallel, local_sgd, metrics, model, provenance, records, runtime, startup
+from . import (atomic, checkpoint, collective, data, data_parallel, local_sgd, metrics, model, provenance, records,
+               runtime, startup)
 from .model import CLASSES
 # Train steps per call into the compiled graph: the same batches and updates, fewer Python round trips.
 STEPS_PER_EXECUTION = 16
@@ -46,10 +47,13 @@ def epoch_order(n, seed, rank, epoch):
     return np.random.default_rng([seed, rank, epoch]).permutation(n)
 
 
-def initial_model(keras, seed, rank, input_shape, settings, optimizer="adam"):
-    """The paper's CNN with the initial weights of (seed, rank)."""
+def initial_model(keras, seed, rank, input_shape, settings, optimizer="adam", images_per_update=None):
+    """The paper's CNN with the initial weights of (seed, rank), its Adam at the learning rate of the one rule for
+    updates of `images_per_update` images (batch_size unless said)."""
     keras.utils.set_random_seed(init_seed(seed, rank))
-    return model.build_model(keras, input_shape=input_shape, optimizer=optimizer,
+    batch = settings["batch_size"]
+    rate = model.learning_rate(settings.get("learning_rate_scaling", "none"), images_per_update or batch, batch)
+    return model.build_model(keras, input_shape=input_shape, optimizer=optimizer, learning_rate=rate,
                              steps_per_execution=steps_per_execution(keras, settings))
 
 
@@ -108,14 +112,18 @@ def steps_per_execution(keras, settings):
 # --- progress and history -----------------------------------------------------------------------------------
 
 METRIC_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy")
-HISTORY_COLUMNS = ("rank", "epoch", "epochs", *METRIC_KEYS, "epoch_seconds", "images_per_second",
+# The validation accuracy of the model the method would deliver after this epoch: its own model's (sequential,
+# data-parallel), the ranks' averaged weights (local SGD, shared start); none for an ensemble's member (the ensemble
+# rule votes the members' predictions of a common validation sample, `vote_sample`).
+DELIVERED = "delivered_val_accuracy"
+HISTORY_COLUMNS = ("rank", "epoch", "epochs", *METRIC_KEYS, DELIVERED, "epoch_seconds", "images_per_second",
                    "from_checkpoint")
 
 
 def epoch_row(rank, epoch, epochs, logs, seconds, images):
     """One epoch's line of history.csv (epoch counted from 1): metrics, wall time and training images per second."""
     return {"rank": rank, "epoch": epoch + 1, "epochs": epochs,
-            **{k: None if logs.get(k) is None else float(logs[k]) for k in METRIC_KEYS},
+            **{k: None if logs.get(k) is None else float(logs[k]) for k in (*METRIC_KEYS, DELIVERED)},
             "epoch_seconds": seconds, "images_per_second": images / seconds if seconds > 0 else None,
             "from_checkpoint": False}
 
@@ -139,7 +147,8 @@ def history_csv(rows):
 
 def history_of(rows):
     """The record's `history`: {metric: per-epoch values} over every epoch, resumed ones included."""
-    return {k: [row[k] for row in rows] for k in METRIC_KEYS if rows and all(row[k] is not None for row in rows)}
+    return {k: [row.get(k) for row in rows] for k in (*METRIC_KEYS, DELIVERED)
+            if rows and all(row.get(k) is not None for row in rows)}
 
 
 # --- checkpoints: what must match, what may differ, and resuming ---------------------------------------------
@@ -162,7 +171,8 @@ def environment(threads):
     return {"threads": "all" if threads is None else threads, "cores": runtime.available_cores(),
             "cpu_tuning": kernels["cpu_tuning"], "onednn": kernels["onednn"], "kernel_env": kernels["env"],
             "tensorflow": versions.get("tensorflow-cpu") or versions.get("tensorflow"),
-            "cpu_model": provenance.cpu_model(), "isa_flags": provenance.isa_flags(), "mpi_library": records.mpi_library()}
+            "cpu_model": provenance.cpu_model(), "isa_flags": provenance.isa_flags(),
+            "mpi_library": records.mpi_library()}
 
 
 def checkpoint_store(folder, rank, fp, env, keep=1):
@@ -195,7 +205,11 @@ def run_epochs(step, settings, store=None, label="sequential rank 0/1", rank=0):
         began = time.perf_counter()
         logs = step.train_epoch(epoch)
         epoch_seconds.append(time.perf_counter() - began)
+        # Outside the clock: judging the model the method would deliver is the measurement's, not the method's.
+        logs[DELIVERED] = step.delivered(logs)
         rows.append(epoch_row(rank, epoch, epochs, logs, epoch_seconds[-1], step.train_images))
+        if "vote_labels" in logs:  # kept in the checkpoint's history, so that a resumed member still has them
+            rows[-1]["vote_labels"] = logs["vote_labels"]
         print(progress_line(label, rows[-1]), flush=True)
         if store:
             began = time.perf_counter()
@@ -227,7 +241,7 @@ class KerasEpochs:
     SGD rank): one fit() call on x[:cut] in epoch_order(seed, rank, epoch), then evaluate() on x[cut:], Keras'
     validation_split cut. `averaging` (local_sgd.WeightAveraging) averages the weights across the ranks."""
 
-    def __init__(self, keras, net, x, y, settings, seed, rank, averaging=None, callbacks=()):
+    def __init__(self, keras, net, x, y, settings, seed, rank, averaging=None, callbacks=(), vote_sample=None):
         self.keras, self.net, self.x, self.y = keras, net, x, y
         self.seed, self.rank, self.batch_size = seed, rank, settings["batch_size"]
         self.cut = data.validation_split_index(len(x), settings["validation_split"])
@@ -236,6 +250,7 @@ class KerasEpochs:
             else None
         self.averaging = averaging
         self.callbacks = [*callbacks, *([averaging.callback(keras)] if averaging else [])]
+        self.vote_sample = vote_sample  # an ensemble member's: the images all members predict (data.vote_sample)
 
     def resume(self, store):
         if self.averaging:
@@ -248,6 +263,8 @@ class KerasEpochs:
 
     def train_epoch(self, epoch):
         order = epoch_order(self.cut, self.seed, self.rank, epoch)
+        if self.averaging:
+            self.averaging.begin_epoch(epoch)
         history = self.net.fit(**batches(self.keras, self.x[:self.cut], self.y[:self.cut], self.batch_size, order),
                                shuffle=False, initial_epoch=epoch, epochs=epoch + 1, verbose=0,
                                callbacks=self.callbacks)
@@ -259,6 +276,24 @@ class KerasEpochs:
             logs.update({f"val_{k}": v for k, v in scores.items()})
         return logs
 
+    def delivered(self, logs):
+        """The validation accuracy of what the method would deliver now: the ranks' averaged weights (local SGD, a
+        shared start), this model's own; an ensemble member predicts the vote sample instead, for the ensemble rule
+        to vote (None here)."""
+        if self.averaging:
+            return self.averaging.delivered_accuracy(self.net, self.validation_correct)
+        if self.vote_sample is not None:
+            logs["vote_labels"] = [int(c) for c in predict(self.net, self.vote_sample).argmax(axis=1)]
+            return None
+        return logs.get("val_accuracy")
+
+    def validation_correct(self):
+        """(images classified right, images) on this process's validation part."""
+        if not self.validation:
+            return 0, 0
+        scores = self.net.evaluate(**self.validation, verbose=0, return_dict=True)
+        return round(scores["accuracy"] * self.validation_images), self.validation_images
+
     def finish(self):
         if self.averaging:
             self.averaging.finish(self.net)
@@ -267,11 +302,11 @@ class KerasEpochs:
         return self.averaging.facts() if self.averaging else {}
 
 
-def fit(keras, x, y, seed, settings, rank=0, store=None, label="sequential rank 0/1", callbacks=()):
+def fit(keras, x, y, seed, settings, rank=0, store=None, label="sequential rank 0/1", callbacks=(), vote_sample=None):
     """A model of its own trained on (x, y) from the initial weights of (seed, rank): the sequential run and each
-    ensemble member. Returns the model and run_epochs' facts."""
+    ensemble member (which predicts `vote_sample` after every epoch). Returns the model and run_epochs' facts."""
     net = initial_model(keras, seed, rank, x.shape[1:], settings)
-    step = KerasEpochs(keras, net, x, y, settings, seed, rank, callbacks=callbacks)
+    step = KerasEpochs(keras, net, x, y, settings, seed, rank, callbacks=callbacks, vote_sample=vote_sample)
     return net, run_epochs(step, settings, store, label, rank)
 
 
@@ -391,17 +426,21 @@ def train_mpi(arrays, out_dir, threads, seed, settings, job_cores, checkpoints=N
     """One rank of the ensemble's MPI job: train on this rank's contiguous shard, save its model, history and
     record; once every rank has, drop the checkpoints."""
     job = RankJob("ensemble_member", threads, settings["precision"], job_cores)
-    start, stop = data.shard_range(data.count_items(arrays["train_y"]), job.size, job.rank)
+    n_train = data.count_items(arrays["train_y"])
+    start, stop = data.shard_range(n_train, job.size, job.rank)
     x, y = data.load_arrays(arrays["train_x"], arrays["train_y"], start, stop)
+    sample = data.vote_sample(n_train, job.size, settings["validation_split"])
+    sample_x, sample_y = (np.load(arrays[k], mmap_mode="r")[sample] for k in ("train_x", "train_y"))
     store = job.store(checkpoints, seed, settings, [start, stop], x, y)
     job.comm.Barrier()  # start the clocks together so the slowest rank's fit time is the phase's wall time
-    net, facts = fit(job.keras, x, y, seed, settings, job.rank, store, job.label)
+    net, facts = fit(job.keras, x, y, seed, settings, job.rank, store, job.label, vote_sample=sample_x)
+    votes = {"truth": [int(v) for v in sample_y], "labels": [row.get("vote_labels") for row in facts["history_rows"]]}
     out = Path(out_dir)
     save_model(net, out / f"rank{job.rank}.keras")
     write_history(out / f"rank{job.rank}_history.csv", facts)
     checksum = weights_sha256(net.get_weights())
     atomic.write_json(out / f"rank{job.rank}.json", job.record(
-        seed, settings, facts, shard=[start, stop], weights_sha256=checksum))
+        seed, settings, facts, shard=[start, stop], weights_sha256=checksum, vote_sample=votes))
     job.comm.Barrier()
     if store:
         store.remove()
@@ -440,8 +479,9 @@ def finish_shared_model(job, net, facts, seed, settings, arrays, out_dir, method
 
 
 def train_data_parallel(arrays, out_dir, threads, seed, settings, job_cores, checkpoints=None):
-    """One rank of synchronous data-parallel training; rank 0 checks the replicas agree, saves and scores, and
-    keeps the job's checkpoints (the replicas are identical, so one copy serves every rank)."""
+    """One rank of synchronous data-parallel training with the sequential run's global batch, split across the
+    ranks; rank 0 checks the replicas agree, saves and scores, and keeps the job's checkpoints (the replicas are
+    identical, so one copy serves every rank)."""
     job = RankJob("data_parallel", threads, settings["precision"], job_cores)
     x, y = data.load_arrays(arrays["train_x"], arrays["train_y"])
     store = job.store(checkpoints, seed, settings, [0, len(x)], x, y) if job.rank == 0 else None
@@ -452,24 +492,118 @@ def train_data_parallel(arrays, out_dir, threads, seed, settings, job_cores, che
     finish_shared_model(job, net, facts, seed, settings, arrays, out_dir, "data_parallel", [0, len(x)], store)
 
 
+class Shard:
+    """This rank's contiguous shard of the training set, as the ensemble and local SGD cut it, with what the
+    ranks' common steps need: every shard's training images and the steps every rank takes per epoch."""
+
+    def __init__(self, job, arrays, settings):
+        n_train = data.count_items(arrays["train_y"])
+        self.start, self.stop = data.shard_range(n_train, job.size, job.rank)
+        self.x, self.y = data.load_arrays(arrays["train_x"], arrays["train_y"], self.start, self.stop)
+        self.cuts = [data.validation_split_index(b - a, settings["validation_split"])
+                     for a, b in (data.shard_range(n_train, job.size, r) for r in range(job.size))]
+        self.common = local_sgd.common_steps(n_train, job.size, settings)
+
+
+def train_data_parallel_rank_batch(arrays, out_dir, threads, seed, settings, job_cores, checkpoints=None):
+    """One rank of synchronous SGD at the per-rank batch: every step each rank takes batch_size images of its own
+    shard and the ranks average their gradients (global batch batch_size·N), the comparison local SGD needs. The
+    replicas stay identical: rank 0 keeps the checkpoints, checks, saves and scores."""
+    method = "data_parallel_rank_batch"
+    job = RankJob(method, threads, settings["precision"], job_cores)
+    shard = Shard(job, arrays, settings)
+    store = job.store(checkpoints, seed, settings, [shard.start, shard.stop], shard.x, shard.y) \
+        if job.rank == 0 else None
+    net = initial_model(job.keras, seed, 0, shard.x.shape[1:], settings,
+                        images_per_update=settings["batch_size"] * job.size)
+    step = data_parallel.ShardedDataParallelEpochs(job.keras, net, job.comm, shard.x, shard.y, settings, seed,
+                                                   environment(job.threads), shard.common, shard.cuts)
+    facts = run_epochs(step, settings, store, job.label, job.rank)
+    finish_shared_model(job, net, facts, seed, settings, arrays, out_dir, method, [shard.start, shard.stop], store)
+
+
+def local_steps(period):
+    """Train steps per call into the graph for local SGD: Keras calls back after each, so they divide the period."""
+    return int(np.gcd(period, STEPS_PER_EXECUTION)) if isinstance(period, int) else STEPS_PER_EXECUTION
+
+
 def train_local_sgd(arrays, out_dir, threads, seed, settings, period, job_cores, checkpoints=None):
     """One rank of local SGD: every rank starts from rank 0's initial weights, trains on its own shard as an
-    ensemble member does, and the ranks average their weights every `period` local steps ("epoch": once at each
-    epoch's end; None: only once, at the end, the one-shot average from a shared start). Each rank keeps its own
-    optimizer state; rank 0 saves and scores the averaged model."""
+    ensemble member does, and the ranks average their weights every `period` local steps, counted across epochs
+    ("epoch": once at each epoch's end; None: only once, at the end, the one-shot average from a shared start).
+    Each rank keeps its own optimizer state; rank 0 saves and scores the averaged model."""
     method = "local_sgd" if period is not None else "weight_average_shared_start"
     job = RankJob(method, threads, settings["precision"], job_cores)
-    n_train = data.count_items(arrays["train_y"])
-    start, stop = data.shard_range(n_train, job.size, job.rank)
-    x, y = data.load_arrays(arrays["train_x"], arrays["train_y"], start, stop)
-    store = job.store(checkpoints, seed, {**settings, "period": period}, [start, stop], x, y, keep=2)
-    common = local_sgd.common_steps(n_train, job.size, settings)
+    shard = Shard(job, arrays, settings)
+    store = job.store(checkpoints, seed, {**settings, "period": period}, [shard.start, shard.stop], shard.x, shard.y,
+                      keep=2)
     every = period if isinstance(period, int) else None
-    # Keras calls back after each call into the graph: its steps must divide the averaging period.
-    spe = int(np.gcd(every, STEPS_PER_EXECUTION)) if every else STEPS_PER_EXECUTION
-    net = initial_model(job.keras, seed, 0, x.shape[1:], {**settings, "steps_per_execution": spe})
-    averaging = local_sgd.WeightAveraging(job.comm, every, common, period)
-    step = KerasEpochs(job.keras, net, x, y, settings, seed, job.rank, averaging=averaging)
+    net = initial_model(job.keras, seed, 0, shard.x.shape[1:], {**settings, "steps_per_execution": local_steps(period)})
+    averaging = local_sgd.WeightAveraging(job.comm, every, shard.common, period, settings["epochs"])
+    step = KerasEpochs(job.keras, net, shard.x, shard.y, settings, seed, job.rank, averaging=averaging)
     facts = run_epochs(step, settings, store, job.label, job.rank)
-    finish_shared_model(job, net, facts, seed, settings, arrays, out_dir, method, [start, stop], store,
-                        period=facts["period"])
+    finish_shared_model(job, net, facts, seed, settings, arrays, out_dir, method, [shard.start, shard.stop], store,
+                        period=facts["period"], realised_period=facts["realised_period"])
+
+
+# Post-local SGD's synchronous epochs before it averages only every k local steps.
+SYNCHRONOUS_EPOCHS = 1
+
+
+class PostLocalEpochs:
+    """Post-local SGD (Lin et al., 2020): synchronous SGD at the per-rank batch for the first SYNCHRONOUS_EPOCHS
+    (gradients averaged every step), then local SGD (weights averaged every k local steps). One model, one
+    optimizer; its learning rate follows the one rule in each phase (the images one update averages)."""
+
+    def __init__(self, sync, local, rates):
+        self.sync, self.local, self.rates = sync, local, rates
+        self.net, self.current = local.net, sync
+        self.train_images, self.validation_images = local.train_images, local.validation_images
+
+    def resume(self, store):
+        return self.local.resume(store)  # each rank its own checkpoints: after the switch their weights differ
+
+    def wait_for_ranks(self):
+        self.local.wait_for_ranks()
+
+    def train_epoch(self, epoch):
+        synchronous = epoch < SYNCHRONOUS_EPOCHS
+        self.current = self.sync if synchronous else self.local
+        self.net.optimizer.learning_rate.assign(self.rates[0 if synchronous else 1])
+        return self.current.train_epoch(epoch)
+
+    def delivered(self, logs):
+        return self.current.delivered(logs)
+
+    def finish(self):
+        self.local.finish()
+
+    def facts(self):
+        local, sync = self.local.facts(), self.sync.traffic.facts()
+        epochs = self.local.averaging.epochs
+        synchronous = min(SYNCHRONOUS_EPOCHS, epochs)
+        averagings = local["averagings_per_epoch"] * epochs + synchronous * self.sync.steps_per_epoch
+        return {**local, **{k: local[k] + sync[k] for k in sync}, "averagings_per_epoch": averagings / epochs,
+                "synchronous_epochs": synchronous}
+
+
+def train_post_local_sgd(arrays, out_dir, threads, seed, settings, period, job_cores, checkpoints=None):
+    """One rank of post-local SGD with averaging period `period` after its synchronous epochs (local_sgd.py and
+    ShardedDataParallelEpochs, on the same shard, from rank 0's initial weights)."""
+    method = "post_local_sgd"
+    job = RankJob(method, threads, settings["precision"], job_cores)
+    shard = Shard(job, arrays, settings)
+    store = job.store(checkpoints, seed, {**settings, "period": period}, [shard.start, shard.stop], shard.x, shard.y,
+                      keep=2)
+    batch = settings["batch_size"]
+    rates = [model.learning_rate(settings.get("learning_rate_scaling", "none"), images, batch)
+             for images in (batch * job.size, batch)]
+    net = initial_model(job.keras, seed, 0, shard.x.shape[1:], {**settings, "steps_per_execution": local_steps(period)})
+    sync = data_parallel.ShardedDataParallelEpochs(job.keras, net, job.comm, shard.x, shard.y, settings, seed,
+                                                   environment(job.threads), shard.common, shard.cuts)
+    averaging = local_sgd.WeightAveraging(job.comm, period if isinstance(period, int) else None, shard.common, period,
+                                          settings["epochs"], first_epoch=SYNCHRONOUS_EPOCHS)
+    local = KerasEpochs(job.keras, net, shard.x, shard.y, settings, seed, job.rank, averaging=averaging)
+    facts = run_epochs(PostLocalEpochs(sync, local, rates), settings, store, job.label, job.rank)
+    finish_shared_model(job, net, facts, seed, settings, arrays, out_dir, method, [shard.start, shard.stop], store,
+                        period=facts["period"], realised_period=facts["realised_period"])

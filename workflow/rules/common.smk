@@ -268,7 +268,7 @@ def subset_args():
 TRAINING_ARGS = (
     f"--epochs {config['epochs']} --batch-size {config['batch_size']} "
     f"--validation-split {config['validation_split']} --precision {config['precision']} "
-    f"--cpu-tuning {config['cpu_tuning']}"
+    f"--learning-rate-scaling {config['learning_rate_scaling']} --cpu-tuning {config['cpu_tuning']}"
 )
 
 

@@ -29,9 +29,11 @@ rule summarize:
         "../../envs/summarize.yaml"
     params:
         cores=CORES,
+        targets=" ".join(map(str, config["target_accuracies"])),
         methods=METHOD_FACTS,  # for the caption
     shell:
         f"{CLI} summarize --results {{input.results}} --paper {{input.paper}} --cores {{params.cores}} "
+        "--targets {params.targets} "
         "--summary {output.summary} --stats {output.stats} --differences {output.differences} "
         "--comparison {output.comparison} --rank-times {output.rank_times} "
         "--provenance {output.provenance} > {log} 2>&1"
