@@ -9,14 +9,19 @@ import csv
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
+import faults
 import pytest
 import slurm_cluster
 import yaml
-from conftest import ROOT, assert_audit_clean, project_copy, skip_unless_slurm, snakemake
+from conftest import (BIN, ROOT, assert_audit_clean, hooked, project_copy, resume_point, skip_unless_slurm,
+                      snakemake)
+from test_faults import wait_for
 
 from mpi_ensemble import runtime
 
@@ -190,25 +195,70 @@ def test_a_rank_failing_at_start_up_ends_the_srun_step(cluster, tmp_path):
     assert time.monotonic() - start < 60, info
 
 
-# The user's own config and default resources: neither may take srun away from the MPI jobs.
-OWN_CONFIG = {"max_train_images": 4000, "max_test_images": 500, "epochs": 1, "ranks": [1, 2], "seeds": [0],
-              "local_sgd_periods": [], "baseline_threads": [1]}
+# The user's own config and default resources, neither of which may take srun away from the MPI jobs: the paper's
+# rows at N = 1 and 2 and the methods beyond it at N = 2, on the resume tests' subset (conftest.RESUME: 5 short
+# epochs), so that its 2-rank ensemble job is the very job conftest.uncut_ensemble ran without a cut.
+OWN_CONFIG = {"max_train_images": 600, "max_test_images": 100, "epochs": 5, "batch_size": 32, "ranks": [1, 2],
+              "seeds": [0], "local_sgd_periods": [], "baseline_threads": [1]}
 OWN_RESOURCES = ["--default-resources", "mem_mb_per_cpu=1500", "runtime=30"]
+CHECKPOINTS = Path("results/checkpoints/models/ranks2/seed0")
+
+
+def job_field(cluster, job_id, field):
+    """One `Key=Value` of `scontrol show job`."""
+    text = cluster.run_client("scontrol", "show", "job", job_id).stdout
+    return next((item.split("=", 1)[1] for item in text.split() if item.startswith(f"{field}=")), None)
+
+
+def alive(pid):
+    try:
+        with open(f"/proc/{pid}/status") as handle:
+            return "zombie" not in handle.read().lower()
+    except OSError:
+        return False
 
 
 @pytest.fixture(scope="module")
 def slurm_run(cluster, tmp_path_factory):
     """The journey of a user on a cluster: the workflow as a module in a folder of their own, its rules renamed
-    `mpi_*`, submitted through the SLURM profile with their own --configfile and --default-resources."""
+    `mpi_*`, submitted through the SLURM profile with their own --configfile and --default-resources; while it
+    trains, SLURM preempts its 2-rank ensemble job in epoch 3 (`scontrol requeue`, what PreemptMode=REQUEUE does),
+    which starts again in the same job, resumes, and the run goes on to its audit. Rank 1 announces that it is
+    inside epoch 3 (epochs 1-2 checkpointed) and waits there, so the requeue meets training, without sleeping."""
     from test_deploy import module_project
 
     clone = project_copy(tmp_path_factory.mktemp("slurm_clone"))
     work = module_project(tmp_path_factory.mktemp("slurm_work") / "project", clone / "workflow" / "Snakefile", {},
                           prefix="mpi_")
     (work / "mine.yaml").write_text(yaml.safe_dump(OWN_CONFIG))
-    out = snakemake(work, *PROFILE, "--configfile", "mine.yaml", *OWN_RESOURCES, env={"SLURM_CONF": str(cluster.conf)},
-                    timeout=1500)
-    return work, out.stdout + out.stderr
+    hold = work.parent / "hold"
+    env = hooked({**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "SLURM_CONF": str(cluster.conf),
+                  faults.HOLD_ENV: "1", faults.HOLD_FILE_ENV: str(hold), faults.HOLD_EPOCH_ENV: "3",
+                  faults.HOLD_COMMAND_ENV: "train_mpi"})
+    run = subprocess.Popen([str(BIN / "snakemake"), "--cores", "2", *PROFILE, "--configfile", "mine.yaml",
+                            *OWN_RESOURCES], cwd=work, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                           text=True, start_new_session=True)
+    try:
+        announce = Path(f"{hold}.rank1")
+        wait_for(announce.exists, 900, "rank 1 of the ensemble's SLURM job to reach epoch 3")
+        pid, job_id = announce.read_text().split()
+        preempted = {"job_id": job_id, "checkpointed": (work / CHECKPOINTS / "rank1" / "epoch2" / "state.npz").is_file(),
+                     "state": job_field(cluster, job_id, "JobState"), "requeue": job_field(cluster, job_id, "Requeue")}
+        requeued = cluster.run_client("scontrol", "requeue", job_id)
+        assert requeued.returncode == 0, requeued.stderr
+        wait_for(lambda: not alive(int(pid)), 60, "the preempted rank to stop")
+        # SLURM holds a requeued job back until its credentials have expired (BeginTime; cred_expire, 30 s on the
+        # test cluster, 120 s by default): started sooner, slurmd refuses it ("Job credential revoked") and it
+        # fails, so the test waits as a user's job would.
+        wait_for(lambda: job_field(cluster, job_id, "JobState") == "PENDING", 120, "the job to be pending again")
+        preempted["rank0_saved"] = resume_point(work / CHECKPOINTS / "rank0")  # rank 0 trained on independently
+        output, _ = run.communicate(timeout=1500)
+    finally:
+        if run.poll() is None:
+            os.killpg(run.pid, signal.SIGKILL)
+    assert run.returncode == 0, output[-5000:]
+    preempted.update(restarts=job_field(cluster, job_id, "Restarts"), end=job_field(cluster, job_id, "JobState"))
+    return work, output, preempted
 
 
 def submitted_rules(log):
@@ -224,7 +274,7 @@ def rank_records(work, n=2):
 
 
 def test_the_cluster_run_audits_clean_and_its_outputs_are_the_workflows(slurm_run):
-    work, _ = slurm_run
+    work, _, _ = slurm_run
     assert_audit_clean(work)
     with open(work / "results" / "summary.csv") as handle:
         rows = list(csv.DictReader(handle))
@@ -238,9 +288,10 @@ def test_the_cluster_run_audits_clean_and_its_outputs_are_the_workflows(slurm_ru
         assert 0.5 < float(row["accuracy"]) <= 1.0 or row["method"].startswith("weight_average_by"), row
         assert row["oversubscribed"] == "False"
     for row in paper_rows:
-        assert 0 < float(row["fit_seconds_mean"]) <= float(row["fit_seconds_max"]) < float(row["job_seconds"])
+        if row["resumed_from_epoch"] == "0":  # the preempted job's times cover its last epochs alone: empty
+            assert 0 < float(row["fit_seconds_mean"]) <= float(row["fit_seconds_max"]) < float(row["job_seconds"])
     ensemble = next(r for r in rows if r["method"] == "ensemble_majority" and r["ranks"] == "2")
-    assert int(ensemble["train_images_per_rank"]) == 1600  # 0.8 of 4000 / 2
+    assert int(ensemble["train_images_per_rank"]) == 240  # 0.8 of 600 / 2
     # srun starts the ranks under slurmstepd, outside the job's process tree that Snakemake's benchmark samples:
     # no job memory for the 2-rank job, rather than the srun client's; the 1-process jobs have theirs.
     assert ensemble["train_job_max_rss_mib"] == "" and float(ensemble["rank_peak_rss_mib"]) > 100
@@ -252,7 +303,7 @@ def test_the_cluster_run_audits_clean_and_its_outputs_are_the_workflows(slurm_ru
 def test_compute_jobs_were_submitted_and_the_rest_ran_locally(slurm_run):
     """The prefixed rules keep what each rule says of itself: fetching, voting and summarizing run beside
     Snakemake (compute nodes often have no internet), training is submitted."""
-    work, log = slurm_run
+    work, log, _ = slurm_run
     rules = submitted_rules(log)
     assert set(rules) == {"mpi_preprocess", "mpi_train_sequential", "mpi_train_mpi_ranks1", "mpi_train_mpi_ranks2",
                           "mpi_train_data_parallel_ranks2", "mpi_train_weight_average_shared_start_ranks2"}, log[-3000:]
@@ -266,7 +317,7 @@ def test_compute_jobs_were_submitted_and_the_rest_ran_locally(slurm_run):
 
 def test_one_rank_runs_as_a_singleton_in_a_one_task_job(slurm_run, cluster):
     """The plugin refuses MPI jobs of one task; the profile's empty launcher runs rank 0 as an MPI singleton."""
-    work, log = slurm_run
+    work, log, _ = slurm_run
     [job_id] = submitted_rules(log)["mpi_train_mpi_ranks1"]
     [record] = rank_records(work, 1)
     assert record["ranks"] == 1 and record["scheduler"]["SLURM_JOB_ID"] == job_id
@@ -278,7 +329,7 @@ def test_one_rank_runs_as_a_singleton_in_a_one_task_job(slurm_run, cluster):
 def test_mpi_job_is_one_two_rank_srun_step_in_one_allocation(slurm_run, cluster):
     """The user's --default-resources replaced the profile's, and their --configfile names no launcher: the SLURM
     executor still starts the ranks with srun, one step of the job."""
-    work, log = slurm_run
+    work, log, _ = slurm_run
     [job_id] = submitted_rules(log)["mpi_train_mpi_ranks2"]
     assert "MPI jobs: launcher `srun --mpi=pmi2` (the slurm executor)" in log
     assert "srun --mpi=pmi2 -n 2 --cpus-per-task=1 --kill-on-bad-exit=1 " in log and "mpiexec -n 2" not in log
@@ -298,7 +349,7 @@ def test_mpi_job_is_one_two_rank_srun_step_in_one_allocation(slurm_run, cluster)
 def test_mpiexec_inside_the_allocation_also_gives_one_world(slurm_run, cluster):
     """One rule's launcher set to the pip MPICH's mpiexec (a --set-resources entry beats the executor's choice):
     Hydra inside the allocation, still one 2-rank world in one job."""
-    work, log = slurm_run
+    work, log, _ = slurm_run
     [first_job] = submitted_rules(log)["mpi_train_mpi_ranks2"]
     # Only the training job's own outputs: what depends on them is the first run's business.
     targets = [f"results/models/ranks2/seed0/rank{r}.json" for r in range(2)]
@@ -323,3 +374,30 @@ def test_no_slurm_process_outlives_the_run(slurm_run, cluster):
     names = [subprocess.run(["ps", "-o", "args=", "-p", str(p)], capture_output=True, text=True).stdout.strip()
              for p in others]
     assert not [n for n in names if n and "slurmscriptd" not in n], names
+
+
+def test_slurm_profile_requeues_preempted_and_resubmits_failed_jobs():
+    profile = yaml.safe_load((ROOT / "profiles/slurm/config.yaml").read_text())
+    assert profile["slurm-requeue"] is True and profile["retries"] >= 1
+
+
+def test_a_preempted_training_job_resumes_to_the_weights_of_an_uncut_one(slurm_run, uncut_ensemble):
+    """The requeued job started again in the same SLURM job, resumed rank 1 after epoch 2 and rank 0 wherever it
+    had got, and ended with the weights of the same job never cut (run locally, 1 thread per rank); its row's
+    times are empty (they cover only the resumed epochs), its accuracy counts, and the audit is clean."""
+    work, log, preempted = slurm_run
+    _, uncut = uncut_ensemble
+    assert preempted["checkpointed"] and preempted["state"] == "RUNNING" and preempted["requeue"] == "1"
+    assert preempted["restarts"] == "1" and preempted["end"] == "COMPLETED"
+    records = rank_records(work)
+    print(f"\npreempted in epoch 3/5, resumed from epochs {[r['resumed_from_epoch'] for r in records]}: "
+          f"weights {[r['weights_sha256'] for r in records]}, uncut {uncut}")
+    assert {r["scheduler"]["SLURM_JOB_ID"] for r in records} == {preempted["job_id"]}  # the same job, again
+    assert [r["resumed_from_epoch"] for r in records] == [preempted["rank0_saved"], 2]
+    assert [r["weights_sha256"] for r in records] == uncut
+    text = (work / "logs" / "train_mpi" / "ranks2" / "seed0.log").read_text()
+    assert "resuming after epoch 2" in text and "ensemble_member rank 1/2 epoch 5/5: loss " in text
+    assert not (work / "results" / "checkpoints").exists()
+    rows = {(r["method"], r["ranks"]): r for r in csv.DictReader(open(work / "results" / "summary.csv"))}
+    resumed = rows[("ensemble_majority", "2")]
+    assert int(resumed["resumed_from_epoch"]) >= 2 and resumed["fit_seconds_max"] == resumed["job_seconds"] == ""

@@ -236,7 +236,7 @@ def test_a_node_lost_mid_job_fails_the_job_fast_and_snakemake_reruns_it_on_the_r
 
 def no_requeue_profile(tmp_path):
     """PROFILE, pointing at a copy of the SLURM profile without its `slurm-requeue` line: with it SLURM requeues
-    the job itself after SLURM's credential delay (as a preemption, tests/test_preemption.py); without it the
+    the job itself after SLURM's credential delay (as a preemption, tests/test_cluster.py); without it the
     failure reaches Snakemake, which resubmits the job at once."""
     folder = tmp_path / "profile-no-requeue"
     shutil.copytree(ROOT / "profiles" / "slurm", folder)

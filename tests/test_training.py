@@ -498,3 +498,18 @@ def test_local_sgd_counts_its_period_across_epochs():
     # starting again each epoch, which made the real period 19)
     assert local_sgd.averagings(16, 19, 5) == 5 and local_sgd.averagings("epoch", 19, 5) == 5
     assert local_sgd.averagings(None, 19, 5) == 0 and local_sgd.averagings(1, 19, 5) == 95
+
+
+def test_tracing_before_the_clock_changes_no_bit_of_the_model(monkeypatch):
+    """The training and validation functions are traced on one batch before the first epoch's clock starts, and the
+    model is put back: the weights after training are bitwise those of a run that traces in its first epoch."""
+    import keras  # not import_keras: another test in this process may have started TensorFlow's thread pools
+
+    x = np.random.default_rng(1).random((80, 28, 28, 1), dtype=np.float32)
+    y = np.arange(80, dtype=np.int64) % 10
+    settings = {"epochs": 2, "batch_size": 16, "validation_split": 0.25, "precision": "float32"}
+    warmed, facts = training.fit(keras, x, y, seed=0, settings=settings)
+    monkeypatch.setattr(training.KerasEpochs, "warm_up", lambda self: None)
+    cold, cold_facts = training.fit(keras, x, y, seed=0, settings=settings)
+    assert training.weights_sha256(warmed.get_weights()) == training.weights_sha256(cold.get_weights())
+    assert facts["warm_up_seconds"] > 0 and len(facts["epoch_seconds"]) == len(cold_facts["epoch_seconds"]) == 2

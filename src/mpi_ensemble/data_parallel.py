@@ -123,6 +123,17 @@ class DataParallelEpochs:
                                      for change in found]
         return state
 
+    def warm_up(self):
+        """Trace the gradient, update and validation functions on a few of this rank's images, no Allreduce, then
+        put the model back as it was (training.kept_state): the first epoch costs what the others cost."""
+        from .training import kept_state
+
+        x, y = self.x[:8], self.y[:8]
+        with kept_state(self.net):
+            self._gradients(x, y, np.float32(1.0))
+            self._apply(np.zeros(self.n_values, dtype=np.float32))
+            self._evaluate(x, y)
+
     def wait_for_ranks(self):
         self.comm.Barrier()  # rank 0 may still be writing the last epoch's checkpoint
 

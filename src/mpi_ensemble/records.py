@@ -9,7 +9,8 @@ import time
 from . import provenance, runtime, startup
 
 # What a result keeps of each rank record: its timing, memory and placement.
-RANK_TIMING_KEYS = ("rank", "fit_seconds", "epoch_seconds", "fit_cpu_seconds", "cpu_seconds", "wall_seconds",
+RANK_TIMING_KEYS = ("rank", "fit_seconds", "epoch_seconds", "warm_up_seconds", "fit_cpu_seconds", "cpu_seconds",
+                    "wall_seconds",
                     "peak_rss_mib", "train_images", "validation_images", "host", "resumed_from_epoch",
                     "resumed_exactly", "checkpoint_seconds", "allreduce_count", "allreduce_seconds",
                     "allreduce_bytes", "allreduce_wire_bytes", "weights_sha256", "slurm_step", "history")

@@ -12,6 +12,7 @@ Timing is the same for every method: `fit_seconds` adds up the epochs' training 
 (not the checkpoint writes, not the wait for the other ranks before an epoch starts).
 """
 
+import contextlib
 import hashlib
 import os
 import sys
@@ -180,6 +181,17 @@ def checkpoint_store(folder, rank, fp, env, keep=1):
     return None if folder is None else checkpoint.Store(Path(folder) / f"rank{rank}", fp, env, keep=keep)
 
 
+@contextlib.contextmanager
+def kept_state(net):
+    """Whatever runs inside leaves `net`'s weights and optimizer (Adam's moments, its step count) as they were."""
+    net.optimizer.build(net.trainable_variables)
+    saved = checkpoint.State(0, net.get_weights(), checkpoint.optimizer_state(net), [])
+    try:
+        yield
+    finally:
+        checkpoint.restore(net, saved)
+
+
 def resumed_rows(state):
     """The history a checkpoint carries, marked as trained before this process started."""
     return [{**row, "from_checkpoint": True} for row in (state.history if state else [])]
@@ -191,13 +203,18 @@ def resumed_rows(state):
 def run_epochs(step, settings, store=None, label="sequential rank 0/1", rank=0):
     """Train `step` for settings["epochs"], resuming from `store` and saving a checkpoint after every epoch.
 
-    Only the epochs are timed (`fit_seconds`, `epoch_seconds`): `step.wait_for_ranks()` (ranks that communicate wait
-    there for each other, so no rank's clock counts another's checkpoint write) and the checkpoint writes are not.
+    Only the epochs are timed (`fit_seconds`, `epoch_seconds`): `step.warm_up()` (tracing the training and validation
+    functions, `warm_up_seconds`), `step.wait_for_ranks()` (ranks that communicate wait there for each other, so no
+    rank's clock counts another's checkpoint write) and the checkpoint writes are not; the job's time holds them all.
     `step.finish()` (a last weight average) is timed: it is part of making the model. Returns the facts every
     record carries."""
     state = step.resume(store)
     start_epoch, rows = (state.epoch, resumed_rows(state)) if state else (0, [])
     epochs = settings["epochs"]
+    began = time.perf_counter()
+    if start_epoch < epochs:
+        step.warm_up()
+    warm_up_seconds = time.perf_counter() - began
     epoch_seconds, checkpoint_seconds = [], 0.0
     cpu_start = records.cpu_seconds()
     for epoch in range(start_epoch, epochs):
@@ -222,6 +239,7 @@ def run_epochs(step, settings, store=None, label="sequential rank 0/1", rank=0):
     return {
         "fit_seconds": sum(epoch_seconds) + finish_seconds,
         "epoch_seconds": epoch_seconds,
+        "warm_up_seconds": warm_up_seconds,
         "fit_cpu_seconds": records.cpu_seconds() - cpu_start,
         "checkpoint_seconds": checkpoint_seconds,
         "resumed_from_epoch": start_epoch,
@@ -256,6 +274,17 @@ class KerasEpochs:
         if self.averaging:
             return self.averaging.resume(store, self.net)
         return checkpoint.load_state(store, self.net)
+
+    def warm_up(self):
+        """Build and trace the training and validation functions on one batch, then put the model back as it was:
+        the epochs' clock then measures training, and the first epoch costs what the others cost."""
+        n = min(self.batch_size, self.cut)
+        with kept_state(self.net):
+            self.net.fit(**batches(self.keras, self.x[:n], self.y[:n], self.batch_size), epochs=1, verbose=0,
+                         shuffle=False)
+            if self.validation:
+                self.net.evaluate(**batches(self.keras, self.x[self.cut:self.cut + n], self.y[self.cut:self.cut + n],
+                                            self.batch_size), verbose=0)
 
     def wait_for_ranks(self):
         if self.averaging:
@@ -562,6 +591,10 @@ class PostLocalEpochs:
 
     def resume(self, store):
         return self.local.resume(store)  # each rank its own checkpoints: after the switch their weights differ
+
+    def warm_up(self):
+        self.sync.warm_up()
+        self.local.warm_up()
 
     def wait_for_ranks(self):
         self.local.wait_for_ranks()

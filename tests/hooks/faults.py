@@ -6,8 +6,9 @@ wrapped around the product's training code by sitecustomize.py (this folder on P
   epoch starts (after the ranks' wait for each other, so every checkpoint before it is complete), then stays there
   until the process is stopped, so a test can act on a job known to be training, without sleeping and hoping.
   HOLD_EPOCH_ENV chooses the epoch (counted from 1; default: the first one this process trains, so a resumed job
-  holds at its first unfinished epoch). A rank holds once: when the file exists already (a rerun of the job after
-  the test stopped it), it trains on;
+  holds at its first unfinished epoch), HOLD_COMMAND_ENV the training command (sub-command) whose rank holds
+  (default: any). A rank holds once: when the file exists already (a rerun of the job after the test stopped it),
+  it trains on;
 - DIVERGE_ENV: that data-parallel rank perturbs its gradients, which the replica check must catch;
 - SLOW_CHECKPOINT_ENV ("rank:seconds"): that rank takes that much longer to write each checkpoint (a slow store),
   which no rank's fit time may count.
@@ -15,6 +16,7 @@ wrapped around the product's training code by sitecustomize.py (this folder on P
 
 import functools
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -22,6 +24,7 @@ CRASH_ENV = "MPI_ENSEMBLE_CRASH_RANK"
 HOLD_ENV = "MPI_ENSEMBLE_HOLD_RANK"
 HOLD_FILE_ENV = "MPI_ENSEMBLE_HOLD_FILE"
 HOLD_EPOCH_ENV = "MPI_ENSEMBLE_HOLD_EPOCH"
+HOLD_COMMAND_ENV = "MPI_ENSEMBLE_HOLD_COMMAND"
 DIVERGE_ENV = "MPI_ENSEMBLE_DP_DIVERGE_RANK"
 SLOW_CHECKPOINT_ENV = "MPI_ENSEMBLE_SLOW_CHECKPOINT"
 
@@ -37,6 +40,8 @@ def hold_file(rank):
 def hold_due(rank, epoch, first_epoch):
     """Should this rank hold as epoch `epoch` (counted from 0) starts, the process having started at `first_epoch`?"""
     if not (names(HOLD_ENV, rank) and os.environ.get(HOLD_FILE_ENV)) or hold_file(rank).exists():
+        return False
+    if os.environ.get(HOLD_COMMAND_ENV) and os.environ[HOLD_COMMAND_ENV] not in sys.argv:
         return False
     wanted = os.environ.get(HOLD_EPOCH_ENV)
     return epoch == (int(wanted) - 1 if wanted else first_epoch)
