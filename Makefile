@@ -9,7 +9,7 @@ export OMPI_ALLOW_RUN_AS_ROOT := 1
 export OMPI_ALLOW_RUN_AS_ROOT_CONFIRM := 1
 export TF_CPP_MIN_LOG_LEVEL ?= 1
 
-.PHONY: venv reproduce report test lint format clean
+.PHONY: venv reproduce report readme-figure test lint format clean
 
 venv: $(STAMP)
 
@@ -32,6 +32,14 @@ reproduce: venv
 
 report: venv
 	$(BIN)/snakemake --report results/report.html
+
+# The README's headline figure, drawn by the workflow's own code from a committed reference run: its
+# summary_stats.csv and rank_times.csv (whose SHA-256s the PNG embeds) and caption.txt (its machine and commit).
+REFERENCE ?= benchmarks/results/default-run-vm-2core-2026-12-07
+readme-figure: venv
+	$(BIN)/python -m mpi_ensemble figures --stats $(REFERENCE)/summary_stats.csv \
+	  --rank-times $(REFERENCE)/rank_times.csv --paper paper/reported_results.csv \
+	  --outputs fig_headline=docs/images/headline.png --caption "$$(cat $(REFERENCE)/caption.txt)"
 
 test: venv
 	$(BIN)/python -m pytest

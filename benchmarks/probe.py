@@ -164,7 +164,8 @@ def plain_fit(keras, x, y, seed, callbacks):
 
 def clean_env(extra):
     """No inherited kernel or thread variables: each setting is exactly what its row says."""
-    env = {k: v for k, v in os.environ.items() if k not in runtime.KERNEL_ENV and k not in runtime.THREAD_ENV}
+    env = {k: v for k, v in os.environ.items()
+           if k not in runtime.KERNEL_ENV and k not in runtime.THREAD_ENV and k not in scaling.BLAS_ENV}
     return {**env, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": str(ROOT / "src"), **extra}
 
 
@@ -205,7 +206,7 @@ def matmul_once(core, seconds=1.0, extra=None):
     env = clean_env({"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", **(extra or {})})
     out = run_python([str(ROOT / "benchmarks" / "scaling.py"), "--probe-worker", str(core), "--probe-seconds",
                       str(seconds)], env)
-    return json.loads(out.stdout)["gflops"]
+    return json.loads(out.stdout)
 
 
 # --- the oneDNN profile -------------------------------------------------------------------------------------------
@@ -338,14 +339,16 @@ def main(argv=None):
           "(so today's speed is that row's)")
     print(f"# load before: {loadavg()}; {args.repeats} repeats, {args.train_images} images per epoch, "
           f"1 thread on core {core}", flush=True)
-    runs, limits = defaultdict(list), defaultdict(list)
+    runs, limits, blas_cores = defaultdict(list), defaultdict(list), defaultdict(set)
     blas = {"native": {}, **({"AVX2 (OpenBLAS Haswell)": AVX2_BLAS} if emulates_avx2(flags) else {})}
     with tempfile.TemporaryDirectory(prefix="probe-") as tmp:
         work = Path(tmp)
         _, arrays = scaling.prepare_data(work, max(args.train_images, args.scaling_train_images), 10000)
         for rep in range(args.repeats):
             for kind, extra in blas.items():
-                limits[kind].append(matmul_once(core, extra=extra))
+                result = matmul_once(core, extra=extra)
+                limits[kind].append(result["gflops"])
+                blas_cores[kind].add(result["blas_core"])
             for name, env in tried:
                 runs[name].append(train_once(work, env, args.train_images, rep, core))
             print(f"# repeat {rep + 1}/{args.repeats}: matmul {limits['native'][-1]:.1f} GFLOP/s; "
@@ -363,7 +366,8 @@ def main(argv=None):
     rows = setting_rows(names, runs, medians, "auto (chosen)")
     for kind, values in limits.items():
         print(f"\n1-thread float32 matmul, {kind} (NumPy 1024x1024, the practical per-core limit): median "
-              f"{medians[kind]:.1f} GFLOP/s, spread {spread(values)} over {len(values)} repeats", end="")
+              f"{medians[kind]:.1f} GFLOP/s, spread {spread(values)} over {len(values)} repeats; OpenBLAS core "
+              f"{', '.join(sorted(blas_cores[kind]))}", end="")
     print()
     print(f"\n1-thread training, GFLOP/s ({FLOPS / 1e6:.2f} MFLOP per image, steady epoch, wall time):")
     print(scaling.table(rows, SETTING_COLUMNS))

@@ -71,9 +71,15 @@ def default_precisions():
     return ["float32"] + (["mixed_bfloat16"] if cpu_flags() & set(BF16_FLAGS) else [])
 
 
+# Variables that make OpenBLAS run another CPU's kernels (OPENBLAS_CORETYPE=Haswell on an AVX-512 CPU halves its
+# matmul): a measurement of this CPU's own limit clears them; a row that emulates another kind sets them itself.
+BLAS_ENV = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
+
+
 def clean_env(**extra):
-    """The environment of a measured job: no inherited thread limits (each side sets its own, or none)."""
-    env = {k: v for k, v in os.environ.items() if k not in runtime.THREAD_ENV}
+    """The environment of a measured job: no inherited thread limits (each side sets its own, or none), and
+    OpenBLAS on this CPU's own kernels."""
+    env = {k: v for k, v in os.environ.items() if k not in runtime.THREAD_ENV and k not in BLAS_ENV}
     env.update(TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=str(ROOT / "src"), **extra)
     return env
 
@@ -259,7 +265,24 @@ def probe_worker(core, seconds):
     while time.perf_counter() - start < seconds:
         a @ b
         count += 1
-    print(json.dumps({"core": core, "gflops": 2 * n**3 * count / (time.perf_counter() - start) / 1e9}))
+    print(json.dumps({"core": core, "gflops": 2 * n**3 * count / (time.perf_counter() - start) / 1e9,
+                      "blas_core": blas_core()}))
+
+
+def blas_core():
+    """The kernel set NumPy's OpenBLAS runs (Haswell, SkylakeX, Zen...), asked from the library itself."""
+    import ctypes
+
+    with open("/proc/self/maps", encoding="utf-8") as maps:
+        libs = sorted({line.split()[-1] for line in maps if "openblas" in line.lower() and ".so" in line})
+    for path in libs:
+        lib = ctypes.CDLL(path)
+        for name in ("scipy_openblas_get_corename64_", "scipy_openblas_get_corename", "openblas_get_corename64_",
+                     "openblas_get_corename"):
+            if hasattr(lib, name):
+                getattr(lib, name).restype = ctypes.c_char_p
+                return getattr(lib, name)().decode()
+    return "unknown (not OpenBLAS)"
 
 
 def matmul_probe(cores, seconds):

@@ -17,6 +17,34 @@ BUNDLED = ROOT / "data" / "mnist"
 HOOKS = Path(__file__).resolve().parent / "hooks"
 sys.path.insert(0, str(HOOKS))
 
+# The suite runs on two pytest-xdist workers (pyproject.toml). A worker takes whole files, so that a file's module
+# fixtures are made once; the SLURM files share one worker, one after the other, as both clusters write SLURM's
+# default configuration path (tests/slurm_cluster.py). The longest go first, so that the workers end together.
+SHARED_WORKER = {"test_cluster.py": "slurm", "test_nodes.py": "slurm"}
+LONGEST_FIRST = ("slurm", "test_faults.py", "test_workflow.py", "test_deploy.py", "test_training.py")
+
+
+def worker_scope(nodeid):
+    """The unit one worker takes whole: a test's file, or its files' shared name."""
+    name = nodeid.split("::", 1)[0].rsplit("/", 1)[-1]
+    return SHARED_WORKER.get(name, name)
+
+
+def pytest_collection_modifyitems(items):
+    order = {scope: i for i, scope in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: order.get(worker_scope(item.nodeid), len(order)))  # stable within a file
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """pytest-xdist's file scheduling, with the scopes above (its xdist_group marks do not reach it under pytest 9)."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class Scheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid):
+            return worker_scope(nodeid)
+
+    return Scheduling(config, log)
+
 
 def hooked(env):
     """`env` with the fault hooks' folder first on PYTHONPATH (inert unless a fault variable is set)."""
@@ -82,7 +110,8 @@ def uncut_ensemble(tmp_path_factory):
     return work, [json.loads((work / p).read_text())["weights_sha256"] for p in ENSEMBLE_RECORDS]
 
 
-SMOKE = ["max_train_images=6000", "max_test_images=1000", "epochs=1", "ranks=[1,2]", "seeds=[0]"]
+SMOKE = ["max_train_images=6000", "max_test_images=1000", "epochs=1", "ranks=[1,2]", "seeds=[0]",
+         "local_sgd_periods=[16,epoch]"]
 
 
 def audit_verdict(work):

@@ -24,6 +24,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -137,11 +138,15 @@ class Cluster:
 
     def __init__(self, root, cpus=2, memory_mb=8000):
         self.root = Path(root)
+        # The daemons see the folder through a short link: a Unix socket's path (munged's, and slurmstepd's in the
+        # spool) must stay under 108 bytes, and a test's temporary folder can be longer than that allows.
+        self.link = Path(tempfile.mkdtemp(prefix="slurm-")) / "c"
+        self.link.symlink_to(self.root, target_is_directory=True)
         self.cpus = cpus
         self.memory_mb = memory_mb
         self.procs = {}
         self.conf = self.root / "slurm.conf"
-        self.munge_socket = self.root / "munge" / "munge.socket"
+        self.munge_socket = self.link / "munge" / "munge.socket"
         self.conf_text = None
 
     @property
@@ -155,7 +160,7 @@ class Cluster:
 
     def configuration(self, ctld_port, slurmd_port):
         node = f"NodeName=localhost NodeAddr=127.0.0.1 CPUs={self.cpus} RealMemory={self.memory_mb} State=UNKNOWN"
-        return slurm_conf(self.root, ctld_port, slurmd_port, self.munge_socket, "localhost", [node])
+        return slurm_conf(self.link, ctld_port, slurmd_port, self.munge_socket, "localhost", [node])
 
     def log(self, name):
         text = ""
@@ -181,8 +186,8 @@ class Cluster:
         self.spawn(
             "munged",
             [find("munged"), "-F", "--force", f"--socket={self.munge_socket}", f"--key-file={key}",
-             f"--pid-file={self.root}/run/munged.pid", f"--seed-file={self.root}/munge/munged.seed",
-             f"--log-file={self.root}/log/munged.log"],
+             f"--pid-file={self.link}/run/munged.pid", f"--seed-file={self.link}/munge/munged.seed",
+             f"--log-file={self.link}/log/munged.log"],
         )
         self.wait_for(self.munge_socket.exists, "munged's socket", timeout)
         self.spawn("slurmctld", [find("slurmctld"), "-D", "-i", "-f", str(self.conf)])
@@ -258,6 +263,7 @@ class Cluster:
         kill_all(self.leftover_pids())
         if SYSTEM_CONF.exists() and self.conf_text is not None and SYSTEM_CONF.read_text() == self.conf_text:
             SYSTEM_CONF.unlink()
+        shutil.rmtree(self.link.parent, ignore_errors=True)  # the link only: rmtree does not follow it
 
 
 def stop_process(proc):
@@ -471,7 +477,7 @@ class NodesCluster(Cluster):
             for k in range(1, self.network.count + 1)
         ]
         ctld = f"{socket.gethostname()}({self.network.host_address})"
-        return slurm_conf(self.root, ctld_port, slurmd_port, self.munge_socket, ctld, nodes, self.slurmd_timeout)
+        return slurm_conf(self.link, ctld_port, slurmd_port, self.munge_socket, ctld, nodes, self.slurmd_timeout)
 
     def start(self, timeout=60):
         self.network.create()

@@ -187,3 +187,16 @@ def test_probe_scaling_and_summary_share_one_gflops_formula(tmp_path):
     # Training images alone would understate it by the validation passes' share, about 7 % at validation_split 0.2.
     assert 0.06 < 1 - 24000 * model.training_flops_per_image() / model.fit_flops(24000, 6000) < 0.09
     json.dumps(scaling)
+
+
+def test_the_probes_native_limit_runs_this_cpus_own_blas_kernels(monkeypatch):
+    """An inherited OPENBLAS_CORETYPE (here SSE4-era kernels) does not reach the native matmul row; the AVX2
+    row asks for its kernels itself, and each row says which kernels OpenBLAS ran."""
+    probe = load_script("probe")
+    monkeypatch.setenv("OPENBLAS_CORETYPE", "Nehalem")
+    core = sorted(__import__("os").sched_getaffinity(0))[-1]
+    native = probe.matmul_once(core, seconds=0.05)
+    assert native["blas_core"] not in ("Nehalem", "unknown (not OpenBLAS)") and native["gflops"] > 0
+    assert probe.matmul_once(core, seconds=0.05, extra=probe.AVX2_BLAS)["blas_core"] == "Haswell"
+    monkeypatch.setattr(probe.scaling, "BLAS_ENV", ())  # the check can fail: without the clearing, Nehalem runs
+    assert probe.matmul_once(core, seconds=0.05)["blas_core"] == "Nehalem"

@@ -257,7 +257,9 @@ def slurm_run(cluster, tmp_path_factory):
         if run.poll() is None:
             os.killpg(run.pid, signal.SIGKILL)
     assert run.returncode == 0, output[-5000:]
-    preempted.update(restarts=job_field(cluster, job_id, "Restarts"), end=job_field(cluster, job_id, "JobState"))
+    preempted.update(restarts=job_field(cluster, job_id, "Restarts"), end=job_field(cluster, job_id, "JobState"),
+                     records=rank_records(work),  # before another test trains that job again
+                     log=(work / "logs" / "train_mpi" / "ranks2" / "seed0.log").read_text())
     return work, output, preempted
 
 
@@ -306,7 +308,8 @@ def test_compute_jobs_were_submitted_and_the_rest_ran_locally(slurm_run):
     work, log, _ = slurm_run
     rules = submitted_rules(log)
     assert set(rules) == {"mpi_preprocess", "mpi_train_sequential", "mpi_train_mpi_ranks1", "mpi_train_mpi_ranks2",
-                          "mpi_train_data_parallel_ranks2", "mpi_train_weight_average_shared_start_ranks2"}, log[-3000:]
+                          "mpi_train_data_parallel_ranks2", "mpi_train_data_parallel_rank_batch_ranks2",
+                          "mpi_train_weight_average_shared_start_ranks2"}, log[-3000:]
     assert len(rules["mpi_train_sequential"]) == 1 and len(rules["mpi_train_mpi_ranks2"]) == 1
     for rule in ("fetch_data", "ensemble", "vote_variants", "weight_average", "single_shard", "summarize", "figures",
                  "tables", "audit"):
@@ -389,13 +392,13 @@ def test_a_preempted_training_job_resumes_to_the_weights_of_an_uncut_one(slurm_r
     _, uncut = uncut_ensemble
     assert preempted["checkpointed"] and preempted["state"] == "RUNNING" and preempted["requeue"] == "1"
     assert preempted["restarts"] == "1" and preempted["end"] == "COMPLETED"
-    records = rank_records(work)
+    records = preempted["records"]
     print(f"\npreempted in epoch 3/5, resumed from epochs {[r['resumed_from_epoch'] for r in records]}: "
           f"weights {[r['weights_sha256'] for r in records]}, uncut {uncut}")
     assert {r["scheduler"]["SLURM_JOB_ID"] for r in records} == {preempted["job_id"]}  # the same job, again
     assert [r["resumed_from_epoch"] for r in records] == [preempted["rank0_saved"], 2]
     assert [r["weights_sha256"] for r in records] == uncut
-    text = (work / "logs" / "train_mpi" / "ranks2" / "seed0.log").read_text()
+    text = preempted["log"]
     assert "resuming after epoch 2" in text and "ensemble_member rank 1/2 epoch 5/5: loss " in text
     assert not (work / "results" / "checkpoints").exists()
     rows = {(r["method"], r["ranks"]): r for r in csv.DictReader(open(work / "results" / "summary.csv"))}

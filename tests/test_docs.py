@@ -132,3 +132,18 @@ def test_a_broken_link_or_anchor_is_found(tmp_path):
     found = [target for _, target in links(page)]
     assert found == ["other.md#a-section-1", "missing.md", "other.md#nowhere"]
     assert "a-section-1" in anchors(tmp_path / "other.md") and "nowhere" not in anchors(tmp_path / "other.md")
+
+
+def test_the_headline_figure_was_drawn_from_the_committed_reference_run():
+    """docs/images/headline.png embeds the SHA-256 of the tables it was drawn from (plots.save): they must be the
+    files of the reference run that the README's caption names and `make readme-figure` reads (REFERENCE)."""
+    import json
+
+    from mpi_ensemble import audit, provenance
+
+    folders = set(re.findall(r"benchmarks/results/([\w.-]+)/README\.md", (ROOT / "README.md").read_text()))
+    made_from = re.search(r"^REFERENCE \?= benchmarks/results/(\S+)$", (ROOT / "Makefile").read_text(), re.M)
+    assert made_from and folders == {made_from.group(1)}, (folders, made_from)
+    folder = ROOT / "benchmarks" / "results" / made_from.group(1)
+    embedded = json.loads(audit.png_text(ROOT / "docs" / "images" / "headline.png")[provenance.INPUTS_KEY])
+    assert embedded == {name: provenance.file_sha256(folder / name) for name in ("summary_stats.csv", "rank_times.csv")}

@@ -41,8 +41,10 @@ MODELS2 = Path("results/models/ranks2/seed0")
 MODELS3 = Path("results/models/ranks3/seed0")
 PROBS2 = Path("results/ensemble_majority/ranks2/seed0/probabilities.npy")
 PROBS3 = Path("results/ensemble_majority/ranks3/seed0/probabilities.npy")
-# The trained project's runs go as far as the summary: the figures, tables and audit are other tests' business.
-SUMMARY = "results/summary.csv"
+# The trained project's runs make the summary and the saved models (as rule all asks for them: Snakemake takes a
+# deleted model for fine when nothing asks for it); the figures, tables and audit are other tests' business.
+SUMMARY = ["results/summary.csv", "results/sequential/threads1/seed0/model.keras",
+           *(f"results/models/ranks{n}/seed0/rank{r}.{ext}" for n in (2, 3) for r in range(n) for ext in ("keras", "json"))]
 # Outputs that no case below should ever recompute once the first run made them.
 KEPT = ["results/data/mnist/train_x.npy", "results/sequential/threads1/seed0/model.keras",
         "results/models/ranks3/seed0/rank0.keras"]
@@ -440,7 +442,7 @@ def test_every_output_is_written_through_atomic_path():
 def trained(tmp_path_factory):
     """The workflow once as far as its summary, uninterrupted: the reference every recovery must reproduce."""
     work = project_copy(tmp_path_factory.mktemp("trained"))
-    out = snakemake(work, SUMMARY, "--config", *FAULTS)
+    out = snakemake(work, *SUMMARY, "--config", *FAULTS)
     return {
         "work": work,
         "output": text_of(out),
@@ -483,7 +485,7 @@ def test_rank_crash_fails_the_whole_job_and_only_that_job_reruns(trained, tmp_pa
     Snakemake removes the job's outputs, and the next run plans that job and what depends on it, nothing else."""
     work = trained["work"]
     hold = {faults.CRASH_ENV: "1", faults.HOLD_ENV: "0", faults.HOLD_FILE_ENV: str(tmp_path / "hold")}
-    out = snakemake(work, SUMMARY, "--config", *FAULTS, "--forcerun", "train_mpi_ranks2", env=hold, check=False,
+    out = snakemake(work, *SUMMARY, "--config", *FAULTS, "--forcerun", "train_mpi_ranks2", env=hold, check=False,
                     timeout=300)
     ended = time.time()
     assert out.returncode != 0
@@ -496,7 +498,7 @@ def test_rank_crash_fails_the_whole_job_and_only_that_job_reruns(trained, tmp_pa
     wait_for(lambda: not rank_processes(work), 10, "no rank process to survive the crash")
     assert complete_files(work / MODELS2) == []
 
-    plan = job_plan(text_of(snakemake(work, SUMMARY, "--config", *FAULTS, "-n")))
+    plan = job_plan(text_of(snakemake(work, *SUMMARY, "--config", *FAULTS, "-n")))
     assert trainings(plan) == {"train_mpi_ranks2"} and plan["train_mpi_ranks2"] == 1
     assert plan["ensemble"] == 1 and plan["summarize"] == 1
 
@@ -512,13 +514,13 @@ def test_interrupted_run_resumes_to_the_same_results_and_a_second_run_is_locked_
     log.unlink(missing_ok=True)
 
     held = tmp_path / "hold"
-    first = start_snakemake(work, SUMMARY, "--config", *FAULTS,
+    first = start_snakemake(work, *SUMMARY, "--config", *FAULTS,
                             extra_env={faults.HOLD_ENV: "0", faults.HOLD_FILE_ENV: str(held)})
     try:
         # Rank 0 announces that it is inside its first epoch, and stays there: the interrupt meets training.
         wait_for(lambda: Path(f"{held}.rank0").exists(), 180, "rank 0 to start training")
         # Case 10: a second run in the same directory, while the first one trains.
-        second = snakemake(work, SUMMARY, "--config", *FAULTS, check=False)
+        second = snakemake(work, *SUMMARY, "--config", *FAULTS, check=False)
         note(10, text_of(second), "Directory cannot be locked")
         assert second.returncode != 0 and "LockException" in text_of(second)
         assert "Directory cannot be locked" in text_of(second) and first.poll() is None
@@ -537,11 +539,11 @@ def test_interrupted_run_resumes_to_the_same_results_and_a_second_run_is_locked_
     wait_for(lambda: not rank_processes(work), 10, "no rank process to survive Ctrl-C")
     locks = work / ".snakemake" / "locks"
     assert not locks.exists() or not list(locks.iterdir()), "the interrupted run left its lock"
-    assert job_plan(text_of(snakemake(work, SUMMARY, "--config", *FAULTS, "-n")))["train_mpi_ranks2"] == 1
+    assert job_plan(text_of(snakemake(work, *SUMMARY, "--config", *FAULTS, "-n")))["train_mpi_ranks2"] == 1
 
     # SIGTERM: Snakemake lets the running job finish, starts nothing new, and exits.
     before = (work / PROBS2).stat().st_mtime_ns  # the first run's ensemble, still there
-    first = start_snakemake(work, SUMMARY, "--config", *FAULTS)
+    first = start_snakemake(work, *SUMMARY, "--config", *FAULTS)
     try:
         wait_for(lambda: rank_processes(work), 120, "the ranks to start")
         first.send_signal(signal.SIGTERM)
@@ -554,7 +556,7 @@ def test_interrupted_run_resumes_to_the_same_results_and_a_second_run_is_locked_
     assert all(zipfile.is_zipfile(work / MODELS2 / f"rank{r}.keras") for r in range(2))
     assert (work / PROBS2).stat().st_mtime_ns == before  # the ensemble did not start after SIGTERM
 
-    rerun = snakemake(work, SUMMARY, "--config", *FAULTS)
+    rerun = snakemake(work, *SUMMARY, "--config", *FAULTS)
     plan = job_plan(text_of(rerun))
     assert trainings(plan) == set() and plan["ensemble"] == 1 and plan["summarize"] == 1  # the training is kept
     assert_same_results_as_uninterrupted(trained)
@@ -564,11 +566,11 @@ def test_damaged_or_deleted_model_reruns_ensemble_and_summary(trained):
     """Case 6. A truncated model (newer than the ensemble's outputs) reruns the ensemble, which refuses it
     naming the file; once deleted, its training job, the ensemble and the report rerun to the same results."""
     work = trained["work"]
-    snakemake(work, SUMMARY, "--config", *FAULTS)  # complete, whatever ran before
+    snakemake(work, *SUMMARY, "--config", *FAULTS)  # complete, whatever ran before
     model = work / MODELS3 / "rank1.keras"
     blob = model.read_bytes()
     model.write_bytes(blob[: len(blob) // 2])
-    out = snakemake(work, SUMMARY, "--config", *FAULTS, check=False)
+    out = snakemake(work, *SUMMARY, "--config", *FAULTS, check=False)
     text = text_of(out)
     note(6, text, "not a valid .keras file")
     plan = job_plan(text)
@@ -576,9 +578,9 @@ def test_damaged_or_deleted_model_reruns_ensemble_and_summary(trained):
     assert f"{MODELS3 / 'rank1.keras'}: not a valid .keras file" in text and "delete it and rerun" in text
 
     model.unlink()
-    plan = job_plan(text_of(snakemake(work, SUMMARY, "--config", *FAULTS, "-n")))
+    plan = job_plan(text_of(snakemake(work, *SUMMARY, "--config", *FAULTS, "-n")))
     assert trainings(plan) == {"train_mpi_ranks3"} and plan["ensemble"] == 1 and plan["summarize"] == 1
-    snakemake(work, SUMMARY, "--config", *FAULTS)
+    snakemake(work, *SUMMARY, "--config", *FAULTS)
     assert json.loads((work / MODELS3 / "rank1.json").read_text())["oversubscribed"] is True
     np.testing.assert_allclose(np.load(work / PROBS3), trained["probs3"], atol=1e-6)
     assert accuracy_by_row((work / "results" / "summary.csv").read_text()) == accuracy_by_row(trained["summary"])

@@ -150,6 +150,9 @@ def test_models_and_rank_records(smoke_run):
             assert kernels["cpu_tuning"] == "auto" and kernels["env"]["TF_ENABLE_ONEDNN_OPTS"] == "1"
             assert record["peak_rss_mib"] > 100 and record["versions"]["keras"].startswith("3.")
             assert record["precision"] == "float32" and 0 < record["fit_cpu_seconds"] < record["cpu_seconds"]
+            # The fit's CPU covers the fit's spans: no more busy cores than the rank was bound to (with slack for
+            # the clock's granularity and TensorFlow's own housekeeping thread).
+            assert record["fit_cpu_seconds"] < record["fit_seconds"] * len(record["thread_settings"]["affinity"]) * 1.25
             assert len(record["weights_sha256"]) == 64
     assert not list((smoke_run / "results").rglob(".*tmp*"))  # no temporary files left behind
 
@@ -234,15 +237,16 @@ def test_the_run_audits_itself_clean(smoke_run):
     assert verdict.startswith("audit: clean (") and len(verdict.splitlines()) == 1, verdict
     checked = {k: int(v) for v, k in re.findall(r"(\d+) ([a-z ]+?)(?:,| checked)", verdict)}
     summary = summary_of(smoke_run)
-    # 1 + 2 ensemble members, 2 sequential, 1 data-parallel, 2 local SGD, 1 shared start, 2 weight averages
-    assert checked["models"] == 11 and checked["results"] == len(summary) == 15
+    # 1 + 2 ensemble members, 2 sequential, 2 data-parallel, 2 local SGD, 2 post-local SGD, 1 shared start, 2
+    # weight averages; rows: those but the members, 3 vote rules at N = 1 and 2, single_shard
+    assert checked["models"] == 14 and checked["results"] == len(summary) == 18
     assert checked["summary cells"] == summary.size  # every cell of every row: each is recomputed
     stats = read_csv(smoke_run / "results" / "summary_stats.csv")
     assert checked["statistics cells"] == stats.size - 5 * len(stats)  # all but 5 labels (method, ranks, ...)
     assert checked["difference cells"] == 6 * len(read_csv(smoke_run / "results" / "method_differences.csv"))
     assert checked["comparison cells"] == 10 * len(read_csv(smoke_run / "results" / "paper_comparison.csv"))
     assert checked["rank time cells"] == 3 * len(read_csv(smoke_run / "results" / "rank_times.csv"))
-    assert checked["histories"] == 2 + 3 + 4  # sequential x 2, members (1 + 2), one model of each method of N ranks
+    assert checked["histories"] == 2 + 3 + 7  # sequential x 2, members (1 + 2), one model of each method of N ranks
     assert checked["figures"] == len(FIGURES) and checked["tables"] == 2 + len(METHODS)
 
 
