@@ -200,3 +200,17 @@ def test_the_probes_native_limit_runs_this_cpus_own_blas_kernels(monkeypatch):
     assert probe.matmul_once(core, seconds=0.05, extra=probe.AVX2_BLAS)["blas_core"] == "Haswell"
     monkeypatch.setattr(probe.scaling, "BLAS_ENV", ())  # the check can fail: without the clearing, Nehalem runs
     assert probe.matmul_once(core, seconds=0.05)["blas_core"] == "Nehalem"
+
+
+def test_the_communication_table_has_a_cell_per_method_and_n():
+    import pandas as pd
+
+    talk = load_script("talk_table")
+    rows = [("sequential", 1, None, 0.99, 0.001, 3, None), ("ensemble_majority", 2, None, 0.985, 0.0023, 3, 0.0),
+            ("ensemble_majority", 16, None, 0.97, 0.004, 2, 0.0), ("local_sgd", 16, "16", 0.981, 0.0005, 3, 9.7e6)]
+    stats = pd.DataFrame(rows, columns=["method", "ranks", "period", "accuracy_mean", "accuracy_sd", "n_seeds",
+                                        "wire_bytes_per_rank_mean"])
+    lines = talk.table(stats).splitlines()
+    assert lines[0] == "| method | period | N = 2 | N = 16 | wire MB per rank, N = 16 |"
+    assert lines[2] == "| `ensemble_majority` |  | 98.50 ± 0.23 | 97.00 ± 0.40 (n = 2) | 0.0 |"
+    assert lines[3] == "| `local_sgd` | 16 |  | 98.10 ± 0.05 | 9.7 |" and len(lines) == 4  # no sequential row

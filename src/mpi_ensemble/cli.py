@@ -1,6 +1,7 @@
 """The workflow's one command line: `python -m mpi_ensemble RULE ...`, one sub-command per rule, named as the rule
-(`train_mpi` serves every `train_mpi_ranks{N}`, `train_data_parallel` every `train_data_parallel_ranks{N}`,
-and likewise `train_local_sgd` and `train_weight_average_shared_start`).
+(`train_mpi` serves every `train_mpi_ranks{N}`, and `train_{method}` every `train_{method}_ranks{N}` of a method
+whose ranks train together: data_parallel, data_parallel_rank_batch, local_sgd, post_local_sgd,
+weight_average_shared_start).
 MPI rules run it under the launcher: `mpiexec -n N python -m mpi4py -m mpi_ensemble train_mpi ...`, after
 `python -m mpi_ensemble clean_shm` (the one sub-command that is a step of those rules, not a rule: it must run before
 the ranks start).
@@ -14,7 +15,7 @@ import json
 import os
 import sys
 
-from . import data, runtime
+from . import data, methods, runtime
 
 ARRAYS = ("train_x", "train_y", "test_x", "test_y")
 
@@ -240,36 +241,16 @@ def training_commands(sub):
     p.add_argument("--shm-dir", default="/dev/shm")
     p.set_defaults(func=clean_shm)
 
-    p = sub.add_parser("train_data_parallel", help="one MPI rank of synchronous data-parallel training")
-    training_args(p)
-    required(p, "test-x", "test-y", "out-dir")
-    p.set_defaults(func=train_data_parallel)
-
-    p = sub.add_parser("train_local_sgd", help="one MPI rank of local SGD: a shared start, weights averaged every "
-                       "--period local steps")
-    training_args(p)
-    required(p, "test-x", "test-y", "out-dir")
-    p.add_argument("--period", required=True, help="local steps between averagings, or 'epoch'")
-    p.set_defaults(func=train_local_sgd)
-
-    p = sub.add_parser("train_data_parallel_rank_batch", help="one MPI rank of synchronous SGD at batch-size images "
-                       "per rank, on its shard")
-    training_args(p)
-    required(p, "test-x", "test-y", "out-dir")
-    p.set_defaults(func=train_data_parallel_rank_batch)
-
-    p = sub.add_parser("train_post_local_sgd", help="one MPI rank of post-local SGD: synchronous first, then weights "
-                       "averaged every --period local steps")
-    training_args(p)
-    required(p, "test-x", "test-y", "out-dir")
-    p.add_argument("--period", required=True, help="local steps between averagings, or 'epoch'")
-    p.set_defaults(func=train_post_local_sgd)
-
-    p = sub.add_parser("train_weight_average_shared_start", help="one MPI rank of training from a shared start, "
-                       "the weights averaged once at the end")
-    training_args(p)
-    required(p, "test-x", "test-y", "out-dir")
-    p.set_defaults(func=train_weight_average_shared_start)
+    # One sub-command per method whose ranks train together, named as its rule, described by its declaration.
+    trainers = {f.__name__: f for f in (train_data_parallel, train_data_parallel_rank_batch, train_local_sgd,
+                                        train_post_local_sgd, train_weight_average_shared_start)}
+    for method in methods.TOGETHER:
+        p = sub.add_parser(method.train, help=f"one MPI rank of {method.name}: {method.description}")
+        training_args(p)
+        required(p, "test-x", "test-y", "out-dir")
+        if method.periodic:
+            p.add_argument("--period", required=True, help="local steps between averagings, or 'epoch'")
+        p.set_defaults(func=trainers[method.train])
 
 
 def combine_commands(sub):
