@@ -48,7 +48,7 @@ PROFILED = ("auto (chosen)", "AVX2 emulated, auto")
 
 def settings_to_try(flags):
     """(name, environment) of every setting measured on this CPU: oneDNN off (TensorFlow's generic kernels, its
-    default on an AVX2-only CPU), the automatic choice, and the issue's probe (plain `fit` on arrays: Keras' own
+    default on an AVX2-only CPU), the automatic choice, and a plain `fit` on arrays (Keras' own
     autotuned input pipeline, one step per call); on an AVX-512 CPU the last two for the emulated AVX2 kind
     instead. TensorFlow's own default on this CPU is one of the first two (`tensorflow_default_onednn`)."""
     plain = {"PROBE_PIPELINE": "keras"}
@@ -145,7 +145,7 @@ def runqueue_seconds():
 
 
 def plain_fit(keras, x, y, seed, callbacks):
-    """What the paper's script and the issue's probe run: `fit` on in-memory arrays (Keras builds an autotuned
+    """What the paper's script runs: `fit` on in-memory arrays (Keras builds an autotuned
     tf.data pipeline), one train step per call."""
     class WallTimer(keras.callbacks.Callback):
         seconds = []

@@ -104,7 +104,7 @@ def test_probe_emulates_the_avx2_kind_only_on_an_avx512_cpu():
     avx2 = dict(probe.settings_to_try({"avx2", "fma"}))
     assert "AVX2 emulated, auto" in avx512 and not any(name.startswith("AVX2") for name in avx2)
     assert avx2["oneDNN off (Eigen)"]["TF_ENABLE_ONEDNN_OPTS"] == "0" and "auto (chosen)" in avx2
-    assert avx2["plain fit, auto"]["PROBE_PIPELINE"] == "keras"  # the issue's probe: Keras' own pipeline
+    assert avx2["plain fit, auto"]["PROBE_PIPELINE"] == "keras"  # plain fit on arrays: Keras' own pipeline
 
 
 def test_probe_plain_fit_times_its_two_epochs():
