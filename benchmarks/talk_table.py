@@ -4,7 +4,8 @@
     .venv/bin/python benchmarks/talk_table.py results/summary_stats.csv > table.md
 
 Methods in the declaration's order (src/mpi_ensemble/methods.py); the sequential baseline is left out (it does
-not depend on N). A cell is `mean ± sd` in percent, with `n` seeds when fewer than the most any cell has.
+not depend on N). A cell is `mean ± sd` in percent, with `n` seeds when fewer than the most any cell has (one seed: the value
+alone).
 """
 
 import sys
@@ -18,7 +19,9 @@ from mpi_ensemble import methods  # noqa: E402
 
 
 def cell(row, most):
-    text = f"{100 * row.accuracy_mean:.2f} ± {100 * row.accuracy_sd:.2f}"
+    # One seed has no sd: its cell is the value alone, marked n = 1.
+    spread = "" if pd.isna(row.accuracy_sd) else f" ± {100 * row.accuracy_sd:.2f}"
+    text = f"{100 * row.accuracy_mean:.2f}{spread}"
     return text if row.n_seeds == most else f"{text} (n = {row.n_seeds})"
 
 

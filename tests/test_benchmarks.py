@@ -207,10 +207,12 @@ def test_the_communication_table_has_a_cell_per_method_and_n():
 
     talk = load_script("talk_table")
     rows = [("sequential", 1, None, 0.99, 0.001, 3, None), ("ensemble_majority", 2, None, 0.985, 0.0023, 3, 0.0),
-            ("ensemble_majority", 16, None, 0.97, 0.004, 2, 0.0), ("local_sgd", 16, "16", 0.981, 0.0005, 3, 9.7e6)]
+            ("ensemble_majority", 16, None, 0.97, 0.004, 2, 0.0), ("local_sgd", 16, "16", 0.981, 0.0005, 3, 9.7e6),
+            ("post_local_sgd", 16, "16", 0.975, float("nan"), 1, 3.1e6)]
     stats = pd.DataFrame(rows, columns=["method", "ranks", "period", "accuracy_mean", "accuracy_sd", "n_seeds",
                                         "wire_bytes_per_rank_mean"])
     lines = talk.table(stats).splitlines()
     assert lines[0] == "| method | period | N = 2 | N = 16 | wire MB per rank, N = 16 |"
     assert lines[2] == "| `ensemble_majority` |  | 98.50 ± 0.23 | 97.00 ± 0.40 (n = 2) | 0.0 |"
-    assert lines[3] == "| `local_sgd` | 16 |  | 98.10 ± 0.05 | 9.7 |" and len(lines) == 4  # no sequential row
+    assert lines[3] == "| `local_sgd` | 16 |  | 98.10 ± 0.05 | 9.7 |"
+    assert lines[4] == "| `post_local_sgd` | 16 |  | 97.50 (n = 1) | 3.1 |" and len(lines) == 5  # no sequential row
