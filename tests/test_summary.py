@@ -261,7 +261,8 @@ def figure_facts(fig):
     renderer = fig.canvas.get_renderer()
     panels = [{"xlabel": ax.get_xlabel(), "ylabel": ax.get_ylabel(), "xticks": list(ax.get_xticks()),
                "xlabels": [t.get_text() for t in ax.get_xticklabels()], "ylim": ax.get_ylim(),
-               "texts": [t.get_text() for t in ax.texts]} for ax in fig.axes if ax.get_visible()]
+               "texts": [t.get_text() for t in ax.texts], "top": ax.get_tightbbox(renderer).y1}
+              for ax in fig.axes if ax.get_visible()]
     return fig._suptitle.get_window_extent(renderer), fig.bbox, panels
 
 
@@ -286,9 +287,11 @@ def test_figures_show_their_point(sizes):
     for key, draw in plots.DRAW.items():
         if key == "fig_training_curves":
             continue
-        fig, _ = draw(tables)
+        fig, bottom = draw(tables)
+        plots.lay_out(fig, bottom)
         title_box, figure_box, panels = figure_facts(fig)
         assert figure_box.x0 <= title_box.x0 and title_box.x1 <= figure_box.x1, (key, "title cut off")
+        assert all(panel["top"] <= title_box.y0 + 1 for panel in panels), (key, "title on a panel")
         if key in ("fig_methods", "fig_voting", "fig_communication", "fig_cost", "fig_headline"):
             assert any(panel["ylabel"] == "test error (%)" for panel in panels), key
         for panel in panels:
@@ -302,6 +305,18 @@ def test_figures_show_their_point(sizes):
                     assert low < 1.0, (key, panel["ylim"])
                     assert any(text.startswith("55") for text in panel["texts"]), (key, panel["texts"])
         plt.close(fig)
+
+
+def test_the_communication_figure_draws_the_world_sizes_that_compare_methods():
+    """A world size where one method ran alone (the default run's ensemble at N = 3) gets no panel of one point;
+    the title names it. Where every size has one method, each is drawn."""
+    rows = [("ensemble_majority", n, 0.985, 20.0, None) for n in (2, 3, 4)]
+    rows += [("local_sgd", n, 0.99, 20.0, "16") for n in (2, 4)]
+    fig, _ = plots.communication_figure(stats_of(rows))
+    assert [ax.get_title() for ax in fig.axes[::2]] == ["N = 2", "N = 4"]
+    assert "N = 3: one method only" in fig._suptitle.get_text()
+    fig, _ = plots.communication_figure(stats_of(rows[:3]))
+    assert [ax.get_title() for ax in fig.axes[::2]] == ["N = 2", "N = 3", "N = 4"]
 
 
 def test_summarize_finds_each_results_benchmarks_where_the_declaration_puts_them(table, tmp_path):

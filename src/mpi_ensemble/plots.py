@@ -192,8 +192,22 @@ def title(fig, text, width_chars=None):
     fig.suptitle("\n".join(textwrap.wrap(text, width)), fontsize=10)
 
 
-def save(fig, path, inputs="", bottom=0.0):
+def lay_out(fig, bottom=0.0):
+    """Panels between the legend (`bottom`, a fraction of the height) and the title. Where tight_layout leaves a
+    panel under the title (a tall figure of many panels), the panels are moved down by the overlap."""
     fig.tight_layout(rect=(0, bottom, 1, 1))
+    if fig._suptitle is None or not fig.axes:
+        return
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    clear = fig._suptitle.get_window_extent(renderer).y0 - 4
+    highest = max(ax.get_tightbbox(renderer).y1 for ax in fig.axes)
+    if highest > clear:
+        fig.subplots_adjust(top=fig.subplotpars.top - (highest - clear) / fig.bbox.height)
+
+
+def save(fig, path, inputs="", bottom=0.0):
+    lay_out(fig, bottom)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=120, format="png", metadata={INPUTS_KEY: inputs})
     plt.close(fig)
@@ -314,9 +328,9 @@ def speedup_figure(stats, paper):
                         textcoords="offset points")
     ax.set(xlabel="cores used (ranks × threads per rank)", ylabel="speed-up of fit()", xscale="log", yscale="log")
     ax.set_xticks([t for t in (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128) if t <= top])
-    for axis in (ax.xaxis, ax.yaxis):
-        axis.set_major_formatter(FuncFormatter(plain))
-        axis.set_minor_formatter(NullFormatter())
+    ax.xaxis.set_major_formatter(FuncFormatter(plain))
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    log_axis(ax, "y")  # 1, 2, 5, 10: a decade with one label says too little
     ax.grid(alpha=0.3, which="both")
     title(fig, f"Speed-up against the cores used, runs with more ranks than cores left out; {SD_NOTE}")
     return fig, legend_below(fig, ax, columns=2)
@@ -454,7 +468,7 @@ def communication_figure(stats):
     bytes each rank put on the wire (MPICH's algorithm between nodes) and against the core-seconds the fit held,
     one point per method (mean ± sd over seeds); the methods that never talk sit at 0 bytes."""
     stats = with_error(stats[stats["ranks"] > 1])
-    sizes = sorted(stats["ranks"].unique()) or [2]
+    sizes, alone = compared_sizes(stats)
     fig, axes = plt.subplots(len(sizes), 2, figsize=(12, 4.2 * len(sizes)), squeeze=False)
     for row_axes, n in zip(axes, sizes):
         at_n = stats[stats["ranks"] == n]
@@ -473,8 +487,20 @@ def communication_figure(stats):
             ax.set_xlabel(name + (" — ranks > cores: times do not count" if over and cost.startswith("core") else ""))
             ax.set_title(f"N = {n}", fontsize=9)
             ax.grid(alpha=0.3, which="both")
-    title(fig, f"How often should the ranks talk? Test error against what the talking cost, per world size; {SD_NOTE}")
+    note = f"; N = {', '.join(map(str, alone))}: one method only, not drawn" if alone else ""
+    title(fig, f"How often should the ranks talk? Test error against what the talking cost, per world size{note}; "
+               f"{SD_NOTE}")
     return fig, legend_below(fig, axes, columns=3)
+
+
+def compared_sizes(stats):
+    """The world sizes at which at least two methods ran (a comparison), and those with one method alone (the
+    default run's ensemble at N = 3...8), which a panel of one point would not answer."""
+    counts = stats.groupby("ranks")["method"].nunique()
+    sizes = [int(n) for n in counts.index if counts[n] > 1]
+    if not sizes:  # nothing to compare anywhere: draw what there is
+        return [int(n) for n in counts.index] or [2], []
+    return sizes, [int(n) for n in counts.index if counts[n] == 1]
 
 
 def network_seconds(row, link):
