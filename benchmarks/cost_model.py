@@ -194,14 +194,30 @@ def methods():
 RANKS = sorted({2**i for i in range(11)} | {3})
 
 
+def regime(method, n, k=None, images=TRAIN_IMAGES, batch=BATCH):
+    """Why a projected point no longer is the method its label names ("" where it still is): a rank holding less
+    than one batch; data-parallel's global batch split over more ranks than it has images; local SGD with fewer
+    local steps per epoch than its period k (it then averages once per epoch, whatever k says)."""
+    if -(-images // n) < batch:
+        return "less than one batch per rank"
+    if method == "data_parallel" and n > batch:
+        return f"ranks beyond {batch} hold no image of the global batch"
+    full, last = shard_batches(n, images, batch)
+    if method == "local_sgd" and isinstance(k, int) and full + (1 if last else 0) < k:
+        return f"fewer than k = {k} local steps per epoch"
+    return ""
+
+
 def projection(steps, fits, ranks=RANKS, epochs=5):
-    """One row per (network, method, n): the modelled time per epoch and its parts."""
+    """One row per (network, method, n): the modelled time per epoch, its parts, and `regime` (why the point is
+    outside the method's meaning; empty within it)."""
     rows = []
     for network, fit in fits.items():
         for label, method, k in methods():
             for n in ranks:
                 parts = epoch_time(method, n, steps, fit["alpha_s"], fit["beta_s_per_byte"], k, epochs)
-                rows.append({"network": network, "method": label, "ranks": n, **parts})
+                rows.append({"network": network, "method": label, "ranks": n, **parts,
+                             "regime": regime(method, n, k)})
     return pd.DataFrame(rows)
 
 
@@ -222,12 +238,15 @@ def measured_points(steps, medians, epochs=5):
 
 
 def crossovers(table):
-    """Per network and method with communication, over the powers of two: the best n (least time per epoch), the
-    first n where communication takes as long as computing, and the first n where an epoch takes longer than one
-    rank training alone (the ensemble at n = 1: Keras fit on every image; the method's own n = 1 where the table
-    has no ensemble). None: not within the projected range."""
+    """Per network and method with communication, over the powers of two where the method still is itself (empty
+    `regime`): the best n (least time per epoch), the first n where communication takes as long as computing, the
+    first n where an epoch takes longer than one rank training alone (the ensemble at n = 1: Keras fit on every
+    image; the method's own n = 1 where the table has no ensemble), and the largest n within the regime. None: not
+    within that range."""
     rows = []
     table = table[table["ranks"].map(lambda n: n == pof2(n))]
+    if "regime" in table:
+        table = table[table["regime"].fillna("") == ""]
     for (network, method), group in table.groupby(["network", "method"], sort=False):
         if method == "ensemble":
             continue
@@ -240,6 +259,7 @@ def crossovers(table):
             "best_s": float(group["seconds"].min()),
             "comm_ge_compute_n": first(group, group["communication_s"] >= group["compute_s"]),
             "slower_than_one_rank_n": first(group, (group["seconds"] > alone) & (group["ranks"] > 1)),
+            "valid_up_to_n": int(group["ranks"].max()),
         })
     return pd.DataFrame(rows)
 

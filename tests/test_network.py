@@ -176,7 +176,21 @@ def test_projection_and_crossovers():
     assert dp["comm_ge_compute_n"] == 8 and dp["best_n"] == 64 and dp["slower_than_one_rank_n"] is None
     assert dp["best_s"] == pytest.approx(750 * (3.2e-3 + 12 * 50e-6 + 2 * 63 / 64 * cm.GRADIENT_BYTES * 8e-9))
     one_shot = crossing.loc[("fast", "one-shot averaging")]
-    assert one_shot["best_n"] == 1024 and one_shot["slower_than_one_rank_n"] is None
+    # At 1024 a rank holds 47 images, less than one batch: outside every method's regime, and out of the crossovers.
+    assert one_shot["best_n"] == 64 and one_shot["valid_up_to_n"] == 64 and one_shot["slower_than_one_rank_n"] is None
+    assert crossing.loc[("fast", "local_sgd k=16"), "valid_up_to_n"] == 8  # 12 local steps per epoch at 64
+    assert crossing.loc[("fast", "local_sgd k=1"), "valid_up_to_n"] == 64
+
+
+def test_a_projected_point_outside_its_method_says_why():
+    """Local SGD needs k local steps per epoch (at N = 64 a rank has 12, so k = 16 is averaging once per epoch);
+    data-parallel's global batch of 64 leaves ranks beyond 64 without an image; no method trains on less than one
+    batch per rank (N = 1,024: 47 images)."""
+    assert cm.regime("local_sgd", 32, 16) == ""
+    assert cm.regime("local_sgd", 64, 16) == "fewer than k = 16 local steps per epoch"
+    assert cm.regime("local_sgd", 64, "epoch") == "" and cm.regime("local_sgd", 512, 1) == ""
+    assert cm.regime("data_parallel", 64) == "" and "no image" in cm.regime("data_parallel", 128)
+    assert cm.regime("ensemble", 750) == "" and cm.regime("ensemble", 1024) == "less than one batch per rank"
 
 
 def test_measured_points_use_the_measured_allreduce_of_one_model():
