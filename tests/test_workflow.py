@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import BIN, ROOT, SMOKE, project_copy, skip_unless_required, snakemake
+from conftest import BIN, ROOT, SMOKE, assert_audit_clean, project_copy, skip_unless_required, snakemake
 from test_data import FASHION_DIR, fashion_files_or_skip
 
 from mpi_ensemble import methods
@@ -248,6 +248,20 @@ def test_the_run_audits_itself_clean(smoke_run):
     assert checked["rank time cells"] == 3 * len(read_csv(smoke_run / "results" / "rank_times.csv"))
     assert checked["histories"] == 2 + 3 + 7  # sequential x 2, members (1 + 2), one model of each method of N ranks
     assert checked["figures"] == len(FIGURES) and checked["tables"] == 2 + len(METHODS)
+
+
+@pytest.mark.workflow
+def test_a_second_config_in_the_same_folder_audits_clean(smoke_run, tmp_path):
+    """A user runs one config, then another in the same folder (the default run, then config/communication.yaml):
+    the second run's tables cover its own results only, and so does its audit; the results the first run left
+    (N = 1, the all-threads baseline) are not counted against it."""
+    work = tmp_path / "second"
+    shutil.copytree(smoke_run, work, symlinks=True, ignore=shutil.ignore_patterns("report.html"))
+    snakemake(work, "--config", *SMOKE, "ranks=[2]", "baseline_threads=[1]")
+    summary = summary_of(work)
+    assert set(summary["ranks"]) == {1, 2} and set(summary[summary["ranks"] == 1]["method"]) == {"sequential"}
+    assert set(summary["threads"].astype(str)) == {"1"}  # the all-threads run, still in the folder, left out
+    assert_audit_clean(work)
 
 
 def audit(work):

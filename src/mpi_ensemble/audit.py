@@ -203,12 +203,15 @@ def html_inputs(path):
 
 
 class Folder:
-    """A results folder: its results (by their Run), records, benchmarks, test set and models."""
+    """A results folder: its results (by their Run), records, benchmarks, test set and models. `results`: the
+    result files of the run being audited (the workflow passes its own); without them, every result.json found.
+    A folder that earlier runs of other configs left results in holds more than the run wrote its tables from."""
 
-    def __init__(self, root, keras):
+    def __init__(self, root, keras, results=None):
         self.root, self.keras = Path(root), keras
         self.results = {}
-        for path in sorted(self.root.glob("*/**/result.json")):
+        found = [Path(p) for p in results] if results is not None else sorted(self.root.glob("*/**/result.json"))
+        for path in found:
             if "checkpoints" not in path.relative_to(self.root).parts:
                 result = read_json(path)
                 self.results[path] = (methods.run_of(result), result)
@@ -772,11 +775,11 @@ def made_from(folder, findings):
 # --- the command -----------------------------------------------------------------------------------------------
 
 
-def audit(results_dir, paper_path):
-    """Every check above on one results folder; returns the Findings."""
+def audit(results_dir, paper_path, results=None):
+    """Every check above on one results folder (on `results` of it, where given); returns the Findings."""
     from . import startup
 
-    folder = Folder(results_dir, startup.import_keras(None))
+    folder = Folder(results_dir, startup.import_keras(None), results)
     findings = Findings()
     missing_tables = [name for name in TABLE_FILES if not (folder.root / name).is_file()]
     for name in missing_tables:
@@ -802,11 +805,11 @@ def audit(results_dir, paper_path):
     return findings
 
 
-def run(results_dir, paper_path, out=None):
+def run(results_dir, paper_path, out=None, results=None):
     """The audit's verdict, printed and (with `out`) written; True when clean."""
     from .atomic import write_text
 
-    findings = audit(results_dir, paper_path)
+    findings = audit(results_dir, paper_path, results)
     text = findings.verdict()
     if out:
         write_text(out, text)

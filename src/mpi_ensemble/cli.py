@@ -173,7 +173,7 @@ def tables(args):
 def audit(args):
     from . import audit as check
 
-    if not check.run(args.results_dir, args.paper, args.out) and not args.report_only:
+    if not check.run(args.results_dir, args.paper, args.out, args.results) and not args.report_only:
         sys.exit(1)
 
 
@@ -304,6 +304,8 @@ def summarize_commands(sub):
     p.add_argument("results_dir", help="the results folder, e.g. results")
     p.add_argument("--paper", required=True, help="the paper's reported numbers (paper/reported_results.csv)")
     p.add_argument("--out", help="also write the verdict to this file")
+    p.add_argument("--results", nargs="+", help="the result.json files of the run to audit (the workflow passes its "
+                   "own; default: every one in the folder, which may hold other configs' results)")
     p.add_argument("--report-only", action="store_true", help="exit 0 whatever the verdict (the workflow's rule: "
                    "its verdict goes into the report, and `make reproduce` fails on it afterwards)")
     p.set_defaults(func=audit)

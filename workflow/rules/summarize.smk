@@ -134,4 +134,5 @@ rule audit:
     conda:
         "../../envs/train.yaml"
     shell:
-        f"{CLI} audit results --paper {{input.paper}} --out {{output}} --report-only > {{log}} 2>&1"
+        f"{CLI} audit results --paper {{input.paper}} --results {{input.results}} --out {{output}} --report-only "
+        "> {log} 2>&1"
