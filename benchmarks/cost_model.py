@@ -125,6 +125,12 @@ def shard_batches(n, images=TRAIN_IMAGES, batch=BATCH):
     return divmod(-(-images // n), batch)
 
 
+def shard_steps(n, images=TRAIN_IMAGES, batch=BATCH):
+    """Local steps per epoch of the largest of n shards, the last partial batch included."""
+    full, last = shard_batches(n, images, batch)
+    return full + (1 if last else 0)
+
+
 def local_kind(k):
     """The step kind local training runs: Keras calls back only between calls into the graph, so an averaging
     period k of local SGD sets steps_per_execution to gcd(k, 16). "local" was measured at 16, "local_spe1" at 1
@@ -136,7 +142,7 @@ def local_compute(steps, n, kind="local", images=TRAIN_IMAGES):
     """(seconds, steps) of one epoch of local training on the largest shard."""
     full, last = shard_batches(n, images)
     seconds = full * step_time(steps, kind, BATCH) + (step_time(steps, kind, last) if last else 0.0)
-    return seconds, full + (1 if last else 0)
+    return seconds, shard_steps(n, images)
 
 
 def averagings(k, local_steps, epochs):
@@ -202,8 +208,7 @@ def regime(method, n, k=None, images=TRAIN_IMAGES, batch=BATCH):
         return "less than one batch per rank"
     if method == "data_parallel" and n > batch:
         return f"ranks beyond {batch} hold no image of the global batch"
-    full, last = shard_batches(n, images, batch)
-    if method == "local_sgd" and isinstance(k, int) and full + (1 if last else 0) < k:
+    if method == "local_sgd" and isinstance(k, int) and shard_steps(n, images, batch) < k:
         return f"fewer than k = {k} local steps per epoch"
     return ""
 
