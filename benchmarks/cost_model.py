@@ -23,6 +23,7 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 # The Allreduce model itself is the workflow's (its cost figure draws the same times): one implementation.
+from mpi_ensemble import local_sgd  # noqa: E402
 from mpi_ensemble.network import ALGORITHMS, allreduce_seconds, bytes_sent, mpich_algorithm, pof2, terms  # noqa: E402,F401
 
 PARAMETERS = 93_322
@@ -146,13 +147,12 @@ def local_compute(steps, n, kind="local", images=TRAIN_IMAGES):
 
 
 def averagings(k, local_steps, epochs):
-    """Weight averagings per epoch, as local SGD runs them: after every k-th local step within each epoch (the
-    count starts again each epoch), or once per epoch ("epoch"); and once more at the end of training where the
-    ranks' weights still differ, i.e. when an epoch's last step is not an averaging point (spread over the
-    epochs)."""
-    if k == "epoch":
-        return 1.0
-    return local_steps // k + (1 / epochs if local_steps % k else 0.0)
+    """Weight averagings per epoch, as local SGD runs them (src/mpi_ensemble/local_sgd.py): after every k-th local
+    step counted across epochs, or once per epoch ("epoch"); and once more at the end of training where the
+    ranks' weights still differ, i.e. when the last step is not an averaging point (spread over the epochs)."""
+    during = local_sgd.averagings(k, local_steps, epochs)
+    final = 0 if k == "epoch" or (local_steps * epochs) % k == 0 else 1
+    return (during + final) / epochs
 
 
 def epoch_time(method, n, steps, alpha, beta, k=None, epochs=5, allreduce=None, images=TRAIN_IMAGES):
@@ -171,8 +171,13 @@ def epoch_time(method, n, steps, alpha, beta, k=None, epochs=5, allreduce=None, 
         count = -(-images // BATCH)
         compute = count * step_time(steps, "data_parallel", -(-BATCH // n))
         return parts(compute, count * comm(GRADIENT_BYTES))
+    if method == "data_parallel_rank_batch":
+        # A batch of 64 per rank (global 64·n): the largest shard's steps, each with its gradient's Allreduce.
+        compute, count = local_compute(steps, n, "data_parallel", images)
+        return parts(compute, count * comm(GRADIENT_BYTES))
     if method not in ("ensemble", "one_shot", "local_sgd"):
-        raise ValueError(f"unknown method {method!r}: ensemble, one_shot, local_sgd or data_parallel")
+        raise ValueError(f"unknown method {method!r}: ensemble, one_shot, local_sgd, data_parallel or "
+                         "data_parallel_rank_batch")
     compute, local_steps = local_compute(steps, n, local_kind(k if method == "local_sgd" else None), images)
     if method == "ensemble":
         count = 0.0
@@ -200,16 +205,17 @@ def methods():
 RANKS = sorted({2**i for i in range(11)} | {3})
 
 
-def regime(method, n, k=None, images=TRAIN_IMAGES, batch=BATCH):
+def regime(method, n, k=None, images=TRAIN_IMAGES, batch=BATCH, epochs=5):
     """Why a projected point no longer is the method its label names ("" where it still is): a rank holding less
     than one batch; data-parallel's global batch split over more ranks than it has images; local SGD with fewer
-    local steps per epoch than its period k (it then averages once per epoch, whatever k says)."""
+    local steps in all its epochs than its period k (it then averages only once, at the end: one-shot
+    averaging)."""
     if -(-images // n) < batch:
         return "less than one batch per rank"
     if method == "data_parallel" and n > batch:
         return f"ranks beyond {batch} hold no image of the global batch"
-    if method == "local_sgd" and isinstance(k, int) and shard_steps(n, images, batch) < k:
-        return f"fewer than k = {k} local steps per epoch"
+    if method == "local_sgd" and isinstance(k, int) and shard_steps(n, images, batch) * epochs < k:
+        return f"fewer than k = {k} local steps in {epochs} epochs"
     return ""
 
 
@@ -222,7 +228,7 @@ def projection(steps, fits, ranks=RANKS, epochs=5):
             for n in ranks:
                 parts = epoch_time(method, n, steps, fit["alpha_s"], fit["beta_s_per_byte"], k, epochs)
                 rows.append({"network": network, "method": label, "ranks": n, **parts,
-                             "regime": regime(method, n, k)})
+                             "regime": regime(method, n, k, epochs=epochs)})
     return pd.DataFrame(rows)
 
 
@@ -296,3 +302,64 @@ def check_records(records, fit):
                      "model_s": model, "model_over_measured": model / measured,
                      "allreduce_share_of_fit": rec["allreduce_seconds"] / rec["fit_seconds"]})
     return pd.DataFrame(rows)
+
+
+# --- time to an accuracy ---------------------------------------------------------------------------------------
+
+# The workflow's training methods (src/mpi_ensemble/methods.py) that the model prices, as its own names.
+# post_local_sgd is priced epoch by epoch: data_parallel_rank_batch first, then local_sgd.
+PRICED = {"ensemble_majority": "ensemble", "weight_average_shared_start": "one_shot", "local_sgd": "local_sgd",
+          "data_parallel": "data_parallel", "data_parallel_rank_batch": "data_parallel_rank_batch",
+          "post_local_sgd": "local_sgd"}
+
+
+def period_k(period):
+    """A workflow period ("16", 16, "epoch", empty) as the model's k."""
+    if period is None or (isinstance(period, float) and math.isnan(period)) or period == "":
+        return None
+    return "epoch" if str(period) == "epoch" else int(period)
+
+
+def epoch_seconds(method, period, n, steps, alpha, beta, epochs=5):
+    """The modelled seconds of each of a workflow method's epochs at n ranks (training steps only)."""
+    if method not in PRICED:
+        raise ValueError(f"the model does not price {method!r}; it prices {', '.join(PRICED)}")
+    k = period_k(period)
+    each = epoch_time(PRICED[method], n, steps, alpha, beta, k, epochs)["seconds"]
+    if method == "post_local_sgd":  # synchronous first epoch at the per-rank batch
+        return [epoch_time("data_parallel_rank_batch", n, steps, alpha, beta)["seconds"]] + [each] * (epochs - 1)
+    return [each] * epochs
+
+
+def epochs_to(delivered, target):
+    """The first epoch (counted from 1) whose delivered validation accuracy reached target; None if none did."""
+    return next((i + 1 for i, accuracy in enumerate(delivered) if accuracy >= target), None)
+
+
+def time_to_accuracy(history, steps, fits, targets):
+    """One row per network, measured run (method, period, ranks, seed) and target: the epochs its delivered model
+    took to reach the target (measured, `history`: one row per epoch with delivered_val_accuracy) and the
+    modelled seconds of those epochs on that network; both empty when it never reached it."""
+    rows = []
+    runs = history.sort_values("epoch").groupby(["method", "period", "ranks", "seed"], dropna=False, sort=True)
+    for (method, period, n, seed), run in runs:
+        delivered = run["delivered_val_accuracy"].tolist()
+        for network, fit in fits.items():
+            each = epoch_seconds(method, period, int(n), steps, fit["alpha_s"], fit["beta_s_per_byte"], len(delivered))
+            for target in targets:
+                e = epochs_to(delivered, target)
+                rows.append({"network": network, "method": method, "period": period, "ranks": int(n),
+                             "seed": seed, "target": target, "epochs_to_target": e,
+                             "seconds_to_target": sum(each[:e]) if e else None})
+    return pd.DataFrame(rows)
+
+
+def time_to_accuracy_stats(rows):
+    """Per network, method, period, ranks and target: the seeds, how many reached the target, and the mean and
+    sample sd of the modelled seconds over those that did."""
+    keys = ["network", "method", "period", "ranks", "target"]
+    stats = rows.groupby(keys, dropna=False, sort=False).agg(
+        seeds=("seed", "count"), reached=("epochs_to_target", "count"),
+        epochs_mean=("epochs_to_target", "mean"), seconds_mean=("seconds_to_target", "mean"),
+        seconds_sd=("seconds_to_target", "std"))
+    return stats.reset_index()

@@ -400,7 +400,7 @@ def figure(table, points, used, steps, path):
     axes[0][0].set_ylabel("seconds per epoch (48,000 images, training steps)")
     axes[0][0].legend(fontsize=8, title="lines: model at powers of two; ○ model at N = 3\n(MPICH folds a pair "
                       "first); ● measured at N = 2, 3\ndotted: no longer the method (fewer than k\nlocal steps "
-                      "per epoch, < 1 batch per rank)", title_fontsize=8)
+                      "in 5 epochs, < 1 batch per rank)", title_fontsize=8)
     fixed = cost_model.compute_summary(steps).set_index("kind").loc["data_parallel", "fixed_s"]
     axes[0][-1].text(1.02, 0.5, "\n".join(ASSUMPTIONS + [f"data-parallel pays {1e3 * fixed:.1f} ms per step: a "
                                                           "measured cost\nof this implementation, not of the method"]),
@@ -511,7 +511,7 @@ def fit_table(fits, auto, used):
 def projection_table(projection, measured):
     lines = ["seconds per epoch (48,000 images, training steps only): model fitted at N ≤ 3; "
              "[measured] composed from the measured step and Allreduce times; * no longer the method (fewer than k "
-             "local steps per epoch, ranks without an image, or less than one batch per rank)"]
+             "local steps in all epochs, ranks without an image, or less than one batch per rank)"]
     shown = [1, 2, 3, 8, 64, 128, 1024]
     lines.append(f"{'network':<10} {'method':<20} " + " ".join(f"{'N=' + str(n):>9}" for n in shown)
                  + f" {'comm at 1024':>12}")

@@ -127,10 +127,11 @@ def test_ensemble_and_local_sgd_train_the_largest_shard():
                         "seconds": pytest.approx(375 * t64)}
     assert cm.epoch_time("ensemble", 1024, steps, 1e-5, 1e-9)["compute_s"] == pytest.approx(1e-3 + 47 * 2e-4)
     ar = cm.allreduce_seconds(1e-5, 1e-9, 2, M)
-    # 375 steps: 23 averagings at k = 16, and the last 7 steps leave the weights apart: one more at the end.
+    # 375 steps an epoch, 1,875 in 5: 117 averagings at k = 16 counted across epochs, and the last 3 steps leave
+    # the weights apart: one more at the end.
     k16 = cm.epoch_time("local_sgd", 2, steps, 1e-5, 1e-9, k=16, epochs=5)
-    assert k16["communication_s"] == pytest.approx((23 + 1 / 5) * ar)
-    assert k16["compute_s"] == pytest.approx(375 * t64 + (23 + 1 / 5) * 5e-4)  # the averaging's copies
+    assert k16["communication_s"] == pytest.approx((117 + 1) / 5 * ar)
+    assert k16["compute_s"] == pytest.approx(375 * t64 + (117 + 1) / 5 * 5e-4)  # the averaging's copies
     assert cm.epoch_time("local_sgd", 2, steps, 1e-5, 1e-9, k="epoch")["communication_s"] == pytest.approx(ar)
     assert cm.epoch_time("one_shot", 2, steps, 1e-5, 1e-9, epochs=5)["communication_s"] == pytest.approx(ar / 5)
     assert cm.epoch_time("local_sgd", 1, steps, 1e-5, 1e-9, k=1)["communication_s"] == 0.0
@@ -142,9 +143,10 @@ def test_averaging_every_step_runs_one_step_per_call_into_the_graph():
     assert k1["compute_s"] == pytest.approx(375 * (2e-3 + 64 * 2e-4) + 375 * 5e-4)
     assert cm.local_kind(1) == cm.local_kind(8) == "local_spe1"
     assert cm.local_kind(16) == cm.local_kind(32) == cm.local_kind("epoch") == "local"
-    # One local step per epoch at N = 1,024: at k = 16 no averaging within it, one at the end of training.
+    # One local step per epoch at N = 1,024: at k = 16 no averaging within the 5, one at the end of training.
     assert cm.averagings(16, 1, epochs=5) == pytest.approx(0.2)
     assert cm.averagings(16, 32, epochs=5) == 2
+    assert cm.averagings(16, 12, epochs=5) == pytest.approx(4 / 5)  # 60 steps: at 16, 32, 48, and the end
 
 
 def test_data_parallel_keeps_750_steps_and_its_slowest_rank_holds_ceil_64_over_n():
@@ -159,6 +161,38 @@ def test_data_parallel_keeps_750_steps_and_its_slowest_rank_holds_ceil_64_over_n
     assert cm.epoch_time("data_parallel", 1, steps, 1e-5, 1e-9)["communication_s"] == 0.0
     with pytest.raises(ValueError, match="unknown method"):
         cm.epoch_time("gossip", 2, steps, 1e-5, 1e-9)
+
+
+def test_data_parallel_at_the_rank_batch_steps_through_the_largest_shard():
+    steps = steps_table()
+    ar = cm.allreduce_seconds(1e-5, 1e-9, 4, cm.GRADIENT_BYTES)
+    # 12,000 images per rank at N = 4: 187 full batches and one of 32, each step an Allreduce of the gradient.
+    four = cm.epoch_time("data_parallel_rank_batch", 4, steps, 1e-5, 1e-9)
+    assert four["compute_s"] == pytest.approx(187 * (3e-3 + 64 * 2e-4) + (3e-3 + 32 * 2e-4))
+    assert four["communication_s"] == pytest.approx(188 * ar)
+
+
+def test_time_to_accuracy_prices_the_measured_epochs_up_to_the_first_that_reached_the_target():
+    steps = steps_table()
+    fit = {"alpha_s": 1e-5, "beta_s_per_byte": 1e-9}
+    local = cm.epoch_time("local_sgd", 4, steps, 1e-5, 1e-9, k=16, epochs=3)["seconds"]
+    synchronous = cm.epoch_time("data_parallel_rank_batch", 4, steps, 1e-5, 1e-9)["seconds"]
+    assert cm.epoch_seconds("post_local_sgd", "16", 4, steps, 1e-5, 1e-9, epochs=3) == \
+        pytest.approx([synchronous, local, local])
+    assert cm.epochs_to([0.97, 0.985, 0.99], 0.98) == 2 and cm.epochs_to([0.97, 0.979], 0.98) is None
+    history = pd.DataFrame([{"method": m, "period": p, "ranks": 4, "seed": s, "epoch": e, "delivered_val_accuracy": a}
+                            for m, p, s, accuracies in (("post_local_sgd", "16", 0, (0.97, 0.981, 0.99)),
+                                                        ("post_local_sgd", "16", 1, (0.981, 0.982, 0.985)),
+                                                        ("ensemble_majority", None, 0, (0.9, 0.95, 0.97)))
+                            for e, a in enumerate(accuracies, start=1)])
+    rows = cm.time_to_accuracy(history, steps, {"net": fit}, [0.98])
+    post = rows[rows["method"] == "post_local_sgd"].set_index("seed")["seconds_to_target"]
+    assert post[0] == pytest.approx(synchronous + local) and post[1] == pytest.approx(synchronous)
+    stats = cm.time_to_accuracy_stats(rows).set_index("method")
+    assert stats.loc["post_local_sgd", ["seeds", "reached", "epochs_mean"]].tolist() == [2, 2, 1.5]
+    assert stats.loc["ensemble_majority", "reached"] == 0 and pd.isna(stats.loc["ensemble_majority", "seconds_mean"])
+    with pytest.raises(ValueError, match="does not price 'single_shard'"):
+        cm.epoch_seconds("single_shard", None, 4, steps, 1e-5, 1e-9)
 
 
 def test_projection_and_crossovers():
@@ -178,16 +212,18 @@ def test_projection_and_crossovers():
     one_shot = crossing.loc[("fast", "one-shot averaging")]
     # At 1024 a rank holds 47 images, less than one batch: outside every method's regime, and out of the crossovers.
     assert one_shot["best_n"] == 64 and one_shot["valid_up_to_n"] == 64 and one_shot["slower_than_one_rank_n"] is None
-    assert crossing.loc[("fast", "local_sgd k=16"), "valid_up_to_n"] == 8  # 12 local steps per epoch at 64
+    # 12 local steps an epoch at 64, 60 in 5 epochs: still k = 16; at 1024 less than a batch.
+    assert crossing.loc[("fast", "local_sgd k=16"), "valid_up_to_n"] == 64
     assert crossing.loc[("fast", "local_sgd k=1"), "valid_up_to_n"] == 64
 
 
 def test_a_projected_point_outside_its_method_says_why():
-    """Local SGD needs k local steps per epoch (at N = 64 a rank has 12, so k = 16 is averaging once per epoch);
-    data-parallel's global batch of 64 leaves ranks beyond 64 without an image; no method trains on less than one
-    batch per rank (N = 1,024: 47 images)."""
-    assert cm.regime("local_sgd", 32, 16) == ""
-    assert cm.regime("local_sgd", 64, 16) == "fewer than k = 16 local steps per epoch"
+    """Local SGD needs k local steps in all its epochs, counted across them as the workflow does (at N = 256 a
+    rank has 3 an epoch, 15 in 5: k = 16 would average only at the end); data-parallel's global batch of 64
+    leaves ranks beyond 64 without an image; no method trains on less than one batch per rank (N = 1,024: 47
+    images)."""
+    assert cm.regime("local_sgd", 128, 16) == ""  # 6 local steps an epoch, 30 in 5 epochs
+    assert cm.regime("local_sgd", 256, 16) == "fewer than k = 16 local steps in 5 epochs"  # 3 an epoch
     assert cm.regime("local_sgd", 64, "epoch") == "" and cm.regime("local_sgd", 512, 1) == ""
     assert cm.regime("data_parallel", 64) == "" and "no image" in cm.regime("data_parallel", 128)
     assert cm.regime("ensemble", 750) == "" and cm.regime("ensemble", 1024) == "less than one batch per rank"

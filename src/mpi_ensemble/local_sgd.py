@@ -1,8 +1,8 @@
 """Local SGD's communication: each rank trains on its own shard with Keras (training.KerasEpochs), and
-`WeightAveraging` averages the ranks' weights, one Allreduce of all of them, after every k-th local step of an
-epoch, or at each epoch's end, and once more at the end of training where the ranks' weights still differ. Each
-rank keeps its own Adam state: averaging it as well would send three times the bytes per averaging, and the moments
-describe each rank's own data."""
+`WeightAveraging` averages the ranks' weights, one Allreduce of all of them, after every k-th local step (counted
+across epochs), or at each epoch's end, and once more at the end of training where the ranks' weights still
+differ. Each rank keeps its own Adam state: averaging it as well would send three times the bytes per averaging,
+and the moments describe each rank's own data."""
 
 import hashlib
 
