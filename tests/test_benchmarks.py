@@ -1,10 +1,12 @@
 """The scaling benchmark script: its arithmetic, and one tiny real run (both code paths under real mpiexec)."""
 
 import importlib.util
+import json
 import subprocess
 import sys
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from conftest import ROOT
@@ -18,7 +20,6 @@ def load_script(name="scaling"):
 
 
 def test_run_comparison_lists_each_changed_cell_and_nothing_else():
-    import pandas as pd
 
     compare = load_script("compare_runs")
     key = {"method": ["sequential", "ensemble_majority"], "ranks": [1, 2], "threads": ["all", "1"], "seed": [0, 0]}
@@ -203,7 +204,6 @@ def test_the_probes_native_limit_runs_this_cpus_own_blas_kernels(monkeypatch):
 
 
 def test_the_communication_table_has_a_cell_per_method_and_n():
-    import pandas as pd
 
     talk = load_script("talk_table")
     rows = [("sequential", 1, None, 0.99, 0.001, 3, None), ("ensemble_majority", 2, None, 0.985, 0.0023, 3, 0.0),
@@ -216,3 +216,29 @@ def test_the_communication_table_has_a_cell_per_method_and_n():
     assert lines[2] == "| `ensemble_majority` |  | 98.50 ± 0.23 | 97.00 ± 0.40 (n = 2) | 0.0 |"
     assert lines[3] == "| `local_sgd` | 16 |  | 98.10 ± 0.05 | 9.7 |"
     assert lines[4] == "| `post_local_sgd` | 16 |  | 97.50 (n = 1) | 3.1 |" and len(lines) == 5  # no sequential row
+
+
+def test_time_to_accuracy_reads_the_delivered_histories_and_prices_only_what_was_measured(tmp_path):
+    script = load_script("time_to_accuracy")
+    results = tmp_path / "results"
+    runs = [("local_sgd", 16, 4, (0.97, 0.985, 0.991)), ("local_sgd", "epoch", 8, (0.96, 0.975, 0.979)),
+            ("single_shard", None, 4, (0.99, 0.99, 0.99))]  # rank 0 alone: no training of its own
+    for method, period, ranks, delivered in runs:
+        folder = results / method / f"ranks{ranks}" / str(period)
+        folder.mkdir(parents=True)
+        (folder / "result.json").write_text(json.dumps({
+            "method": method, "period": period, "ranks": ranks, "seed": 0, "delivered_val_accuracy": delivered,
+            "rank_timing": [{"history": {}}]}))
+    out = tmp_path / "out"
+    script.main(["--results", str(results), "--model", str(ROOT / "benchmarks/results/network-model-2026-12-07"),
+                 "--out", str(out)])
+    rows = pd.read_csv(out / "time_to_accuracy.csv", dtype={"period": str})
+    assert set(rows["method"]) == {"local_sgd"} and set(rows["ranks"]) == {4, 8}
+    k16 = rows[(rows["ranks"] == 4) & (rows["network"] == "1 Gbit/s")].set_index("target")
+    assert k16.loc[0.98, "epochs_to_target"] == 2 and k16.loc[0.99, "epochs_to_target"] == 3
+    assert k16.loc[0.99, "seconds_to_target"] == pytest.approx(1.5 * k16.loc[0.98, "seconds_to_target"])
+    text = (out / "time_to_accuracy.md").read_text()
+    assert "| `local_sgd` | epoch |  | never (0/1) |" in text
+    # Read back without --results: the same table from delivered.csv.
+    script.main(["--model", str(ROOT / "benchmarks/results/network-model-2026-12-07"), "--out", str(out)])
+    assert (out / "time_to_accuracy.md").read_text() == text

@@ -79,15 +79,23 @@ def job_times(result, timing, benchmarks):
     return train_seconds, train_seconds + sum(seconds for seconds, _ in jobs[1:]), memory
 
 
+def delivered_history(result):
+    """The validation accuracy, per epoch, of the model the result's training delivers; None for the results that
+    are not a training's own (the other votes, the averages of the members, rank 0 alone: their training row is
+    the ensemble's)."""
+    made_of = methods.method(result["method"]).made_of
+    if made_of == "rank0" or (made_of == "members" and result["method"] != "ensemble_majority"):
+        return None
+    return result.get(methods.DELIVERED) or (result["rank_timing"][0].get("history") or {}).get(methods.DELIVERED)
+
+
 def time_to_targets(result, targets):
     """{seconds_to_t, core_seconds_to_t} for each target t: the epochs' seconds (the slowest process's, summed up to
     that epoch) until the model the method would deliver first reached t on its validation images, and those
-    seconds times the cores used; empty when it never did, and for the results that are not a training's own (the
-    other votes, the averages of the members, rank 0 alone: their training row is the ensemble's)."""
+    seconds times the cores used; empty when it never did, and where there is no delivered history."""
     columns = dict.fromkeys(methods.target_columns(targets))
-    delivered = result.get(methods.DELIVERED) or (result["rank_timing"][0].get("history") or {}).get(methods.DELIVERED)
-    if not delivered or methods.method(result["method"]).made_of == "rank0" or \
-            (methods.method(result["method"]).made_of == "members" and result["method"] != "ensemble_majority"):
+    delivered = delivered_history(result)
+    if not delivered:
         return columns
     epochs = [list(t.get("epoch_seconds") or []) for t in result["rank_timing"]]
     reached = [max(sum(e[:i + 1]) for e in epochs) for i in range(min(len(e) for e in epochs))]
