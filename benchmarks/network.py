@@ -405,8 +405,8 @@ def figure(table, points, used, steps, path):
     axes[0][-1].text(1.02, 0.5, "\n".join(ASSUMPTIONS + [f"data-parallel pays {1e3 * fixed:.1f} ms per step: a "
                                                           "measured cost\nof this implementation, not of the method"]),
                      transform=axes[0][-1].transAxes, fontsize=8, va="center")
-    fig.suptitle("Time per epoch against N: model fitted at N ≤ 3, projected to N = 1,024 (time to an accuracy is "
-                 "not projected)")
+    fig.suptitle("Time per epoch against N: model fitted at N ≤ 3, projected to N = 1,024 (time to an accuracy: "
+                 "benchmarks/time_to_accuracy.py, at the N measured)")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
