@@ -1,7 +1,10 @@
 """The communication study's table: per method (and averaging period) and world size N, the test accuracy's mean
 ± sample sd over the seeds, and what each rank sent; from the workflow's own results/summary_stats.csv.
 
-    .venv/bin/python benchmarks/talk_table.py results/summary_stats.csv > table.md
+    .venv/bin/python benchmarks/talk_table.py results/summary_stats.csv [more summary_stats.csv ...] > table.md
+
+Several files (runs of the same config at different N) are read as one table; a method, period and N in more
+than one of them is an error.
 
 Methods in the declaration's order (src/mpi_ensemble/methods.py); the sequential baseline is left out (it does
 not depend on N). A cell is `mean ± sd` in percent, with `n` seeds when fewer than the most any cell has (one seed: the value
@@ -47,9 +50,20 @@ def table(stats):
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
-    if len(argv) != 1:
+    if not argv:
         sys.exit(__doc__)
-    print(table(pd.read_csv(argv[0], dtype={"threads": str, "period": str})))
+    print(table(read(argv)))
+
+
+def read(paths):
+    stats = pd.concat([pd.read_csv(path, dtype={"threads": str, "period": str}) for path in paths])
+    rows = stats[stats["method"] != "sequential"]
+    twice = rows[rows.duplicated(["method", "period", "ranks"], keep=False)]
+    if len(twice):
+        first = twice.iloc[0]
+        raise SystemExit(f"{first.method} (period {first.period}) at N = {first.ranks} is in more than one of "
+                         f"{', '.join(map(str, paths))}: give each N's statistics once")
+    return stats
 
 
 if __name__ == "__main__":

@@ -242,3 +242,16 @@ def test_time_to_accuracy_reads_the_delivered_histories_and_prices_only_what_was
     # Read back without --results: the same table from delivered.csv.
     script.main(["--model", str(ROOT / "benchmarks/results/network-model-2026-12-07"), "--out", str(out)])
     assert (out / "time_to_accuracy.md").read_text() == text
+
+
+def test_the_communication_table_joins_runs_at_different_n_and_refuses_one_n_twice(tmp_path):
+    talk = load_script("talk_table")
+    columns = ["method", "ranks", "period", "accuracy_mean", "accuracy_sd", "n_seeds", "wire_bytes_per_rank_mean"]
+    pd.DataFrame([("sequential", 1, None, 0.99, 0.001, 3, None), ("local_sgd", 2, "16", 0.99, 0.001, 3, 4e7)],
+                 columns=columns).to_csv(tmp_path / "two.csv", index=False)
+    pd.DataFrame([("sequential", 1, None, 0.99, 0.001, 3, None), ("local_sgd", 16, "16", 0.98, 0.002, 3, 9e6)],
+                 columns=columns).to_csv(tmp_path / "sixteen.csv", index=False)
+    lines = talk.table(talk.read([tmp_path / "two.csv", tmp_path / "sixteen.csv"])).splitlines()
+    assert lines[2] == "| `local_sgd` | 16 | 99.00 ± 0.10 | 98.00 ± 0.20 | 9.0 |"
+    with pytest.raises(SystemExit, match="local_sgd .period 16. at N = 2 is in more than one"):
+        talk.read([tmp_path / "two.csv", tmp_path / "two.csv"])
