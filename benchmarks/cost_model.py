@@ -314,10 +314,10 @@ PRICED = {"ensemble_majority": "ensemble", "weight_average_shared_start": "one_s
 
 
 def period_k(period):
-    """A workflow period ("16", 16, "epoch", empty) as the model's k."""
+    """A workflow period ("16", 16, "epoch", "end", empty) as the model's k."""
     if period is None or (isinstance(period, float) and math.isnan(period)) or period == "":
         return None
-    return "epoch" if str(period) == "epoch" else int(period)
+    return local_sgd.parse_period(str(period))
 
 
 def epoch_seconds(method, period, n, steps, alpha, beta, epochs=5):

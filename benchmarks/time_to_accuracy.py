@@ -55,7 +55,7 @@ def table(stats):
     lines = []
     for (network, target), block in stats.groupby(["network", "target"], sort=False):
         lines += ["", f"{network}, validation accuracy {target:g}: modelled seconds of training, mean ± sd over the "
-                  "seeds that reached it (reached/seeds)", "",
+                  "seeds that reached it (reached/seeds, mean epochs)", "",
                   "| method | period | " + " | ".join(f"N = {n}" for n in ranks) + " |",
                   "|" + " --- |" * (len(ranks) + 2)]
         block = block.assign(order=block["method"].map(order), period=block["period"].fillna(""))
@@ -71,7 +71,7 @@ def cell(row):
     if not row.reached:
         return f"never (0/{row.seeds})"
     spread = "" if pd.isna(row.seconds_sd) else f" ± {row.seconds_sd:.1f}"
-    return f"{row.seconds_mean:.1f}{spread} ({row.reached}/{row.seeds})"
+    return f"{row.seconds_mean:.1f}{spread} ({row.reached}/{row.seeds}, {row.epochs_mean:.1f} ep.)"
 
 
 def main(argv=None):

@@ -239,6 +239,7 @@ def test_time_to_accuracy_reads_the_delivered_histories_and_prices_only_what_was
     assert k16.loc[0.99, "seconds_to_target"] == pytest.approx(1.5 * k16.loc[0.98, "seconds_to_target"])
     text = (out / "time_to_accuracy.md").read_text()
     assert "| `local_sgd` | epoch |  | never (0/1) |" in text
+    assert f"| `local_sgd` | 16 | {k16.loc[0.98, 'seconds_to_target']:.1f} (1/1, 2.0 ep.) |  |" in text
     # Read back without --results: the same table from delivered.csv.
     script.main(["--model", str(ROOT / "benchmarks/results/network-model-2026-12-07"), "--out", str(out)])
     assert (out / "time_to_accuracy.md").read_text() == text

@@ -183,11 +183,15 @@ def test_time_to_accuracy_prices_the_measured_epochs_up_to_the_first_that_reache
     history = pd.DataFrame([{"method": m, "period": p, "ranks": 4, "seed": s, "epoch": e, "delivered_val_accuracy": a}
                             for m, p, s, accuracies in (("post_local_sgd", "16", 0, (0.97, 0.981, 0.99)),
                                                         ("post_local_sgd", "16", 1, (0.981, 0.982, 0.985)),
-                                                        ("ensemble_majority", None, 0, (0.9, 0.95, 0.97)))
+                                                        ("ensemble_majority", None, 0, (0.9, 0.95, 0.97)),
+                                                        ("weight_average_shared_start", "end", 0, (0.9, 0.98, 0.99)))
                             for e, a in enumerate(accuracies, start=1)])
     rows = cm.time_to_accuracy(history, steps, {"net": fit}, [0.98])
     post = rows[rows["method"] == "post_local_sgd"].set_index("seed")["seconds_to_target"]
     assert post[0] == pytest.approx(synchronous + local) and post[1] == pytest.approx(synchronous)
+    one_shot = cm.epoch_time("one_shot", 4, steps, 1e-5, 1e-9, epochs=3)["seconds"]
+    assert rows.set_index("method").loc["weight_average_shared_start", "seconds_to_target"] == \
+        pytest.approx(2 * one_shot)
     stats = cm.time_to_accuracy_stats(rows).set_index("method")
     assert stats.loc["post_local_sgd", ["seeds", "reached", "epochs_mean"]].tolist() == [2, 2, 1.5]
     assert stats.loc["ensemble_majority", "reached"] == 0 and pd.isna(stats.loc["ensemble_majority", "seconds_mean"])
