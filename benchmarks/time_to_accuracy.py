@@ -80,11 +80,14 @@ def main(argv=None):
     p.add_argument("--model", required=True, help="a benchmarks/network.py folder: compute.csv and fit.json")
     p.add_argument("--out", required=True, help="folder to write into")
     p.add_argument("--targets", type=float, nargs="+", default=[0.98, 0.99])
+    p.add_argument("--ranks", type=int, nargs="+", help="only these world sizes (default: every one found)")
     args = p.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     history = delivered_rows(args.results) if args.results else pd.read_csv(out / "delivered.csv",
                                                                               dtype={"period": str})
+    if args.ranks:
+        history = history[history["ranks"].isin(args.ranks)]
     steps = pd.read_csv(Path(args.model) / "compute.csv")
     fits = json.loads((Path(args.model) / "fit.json").read_text())["projected"]
     rows = cost_model.time_to_accuracy(history, steps, fits, args.targets)

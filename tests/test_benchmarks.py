@@ -243,6 +243,9 @@ def test_time_to_accuracy_reads_the_delivered_histories_and_prices_only_what_was
     # Read back without --results: the same table from delivered.csv.
     script.main(["--model", str(ROOT / "benchmarks/results/network-model-2026-12-07"), "--out", str(out)])
     assert (out / "time_to_accuracy.md").read_text() == text
+    script.main(["--results", str(results), "--model", str(ROOT / "benchmarks/results/network-model-2026-12-07"),
+                 "--out", str(out), "--ranks", "4"])
+    assert set(pd.read_csv(out / "time_to_accuracy.csv")["ranks"]) == {4}
 
 
 def test_the_communication_table_joins_runs_at_different_n_and_refuses_one_n_twice(tmp_path):
