@@ -1,6 +1,7 @@
 import gzip
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -18,9 +19,10 @@ HOOKS = Path(__file__).resolve().parent / "hooks"
 sys.path.insert(0, str(HOOKS))
 
 # The suite runs on two pytest-xdist workers (pyproject.toml). A worker takes whole files, so that a file's module
-# fixtures are made once; the SLURM files share one worker, one after the other, as both clusters write SLURM's
-# default configuration path (tests/slurm_cluster.py). The longest go first, so that the workers end together.
-SHARED_WORKER = {"test_cluster.py": "slurm", "test_nodes.py": "slurm"}
+# fixtures are made once; the files that start SLURM clusters share one worker, one after the other, as every
+# cluster writes SLURM's default configuration path (tests/slurm_cluster.py). The longest go first, so that the
+# workers end together.
+SHARED_WORKER = {"test_cluster.py": "slurm", "test_network.py": "slurm", "test_nodes.py": "slurm"}
 LONGEST_FIRST = ("slurm", "test_faults.py", "test_workflow.py", "test_deploy.py", "test_training.py")
 
 
@@ -82,8 +84,18 @@ def snakemake(workdir, *args, check=True, timeout=900, env=None):
     full_env = hooked({**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **(env or {})})
     result = subprocess.run(cmd, cwd=workdir, capture_output=True, text=True, timeout=timeout, env=full_env)
     if check and result.returncode != 0:
-        raise AssertionError(f"snakemake {' '.join(args)} failed:\n{result.stdout[-4000:]}\n{result.stderr[-6000:]}")
+        raise AssertionError(f"snakemake {' '.join(args)} failed:\n{result.stdout[-4000:]}\n{result.stderr[-6000:]}"
+                             f"{failed_job_logs(workdir, result.stdout + result.stderr)}")
     return result
+
+
+def failed_job_logs(workdir, output):
+    """The end of each log a failed job names: Snakemake's own output says only where the error is."""
+    named = re.findall(r"log: (.+?) \(check log file", output)
+    logs = dict.fromkeys(log for line in named for log in line.split(", "))
+    tails = [f"\n--- {log} ---\n{(Path(workdir) / log).read_text(errors='replace')[-3000:]}"
+             for log in logs if (Path(workdir) / log).is_file()]
+    return "".join(tails)
 
 
 def resume_point(folder):
