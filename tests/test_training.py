@@ -468,6 +468,20 @@ def test_stale_mpich_segments_are_those_no_process_maps(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mpich_shm_3b_0", "other_file"]
 
 
+def test_a_mapped_file_whose_name_is_not_utf8_neither_stops_the_clean_up_nor_loses_its_segment(tmp_path):
+    """Any process of the machine may map a file whose name is not UTF-8; the clean-up before every launch reads
+    all their maps and must still tell which segments are in use."""
+    import mmap
+
+    odd = os.fsencode(tmp_path) + b"/mpich_shm_\xff_0"
+    with open(odd, "wb") as handle:
+        handle.write(b"\0" * 4096)
+    (tmp_path / "mpich_vci_2a_0").write_bytes(b"\0" * 4096)
+    with open(odd, "r+b") as handle, mmap.mmap(handle.fileno(), 4096):
+        assert [p.name for p in runtime.remove_stale_mpich_segments(tmp_path)] == ["mpich_vci_2a_0"]
+    assert os.listdir(os.fsencode(tmp_path)) == [b"mpich_shm_\xff_0"]
+
+
 def test_one_learning_rate_rule_scales_by_the_images_an_update_averages():
     assert model.learning_rate("none", 64 * 8, 64) == model.BASE_LEARNING_RATE == 0.001
     assert model.learning_rate("linear", 64 * 8, 64) == pytest.approx(0.008)

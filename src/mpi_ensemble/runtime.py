@@ -317,10 +317,12 @@ def mapped_files(proc="/proc"):
         if not entry.name.isdigit():
             continue
         try:
-            text = (entry / "maps").read_text()
+            raw = (entry / "maps").read_bytes()
         except OSError:  # gone, or another user's
             continue
-        mapped.update(line.split(None, 5)[5].strip() for line in text.splitlines() if len(line.split(None, 5)) == 6)
+        # File names are bytes, not always UTF-8: decoded as Path.iterdir decodes them, so that the two compare.
+        fields = (line.split(None, 5) for line in raw.splitlines())
+        mapped.update(os.fsdecode(f[5].strip()) for f in fields if len(f) == 6)
     return mapped
 
 
