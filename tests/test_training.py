@@ -482,6 +482,15 @@ def test_a_mapped_file_whose_name_is_not_utf8_neither_stops_the_clean_up_nor_los
     assert os.listdir(os.fsencode(tmp_path)) == [b"mpich_shm_\xff_0"]
 
 
+def test_a_segment_that_goes_away_while_listed_is_not_stale_and_stops_nothing(tmp_path):
+    """Other jobs' ranks remove their segments at any moment, also between the listing and the look at one."""
+    (tmp_path / "mpich_shm_2a_0").write_bytes(b"\0")
+    (tmp_path / "mpich_shm_4c_0").symlink_to(tmp_path / "mpich_shm_2a_0")
+    assert not runtime.owned_file(tmp_path / "mpich_shm_9z_0")
+    assert runtime.owned_file(tmp_path / "mpich_shm_2a_0") and not runtime.owned_file(tmp_path / "mpich_shm_4c_0")
+    assert [p.name for p in runtime.stale_mpich_segments(tmp_path, mapped=set())] == ["mpich_shm_2a_0"]
+
+
 def test_one_learning_rate_rule_scales_by_the_images_an_update_averages():
     assert model.learning_rate("none", 64 * 8, 64) == model.BASE_LEARNING_RATE == 0.001
     assert model.learning_rate("linear", 64 * 8, 64) == pytest.approx(0.008)

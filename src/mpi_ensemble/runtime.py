@@ -5,6 +5,7 @@ Snakefile and every rule read it; TensorFlow itself is started by startup.py."""
 import os
 import re
 import shutil
+import stat
 import subprocess
 from pathlib import Path
 
@@ -332,8 +333,17 @@ def stale_mpich_segments(shm_dir="/dev/shm", mapped=None):
     if not folder.is_dir():
         return []
     mapped = mapped_files() if mapped is None else mapped
-    return sorted(p for p in folder.iterdir() if p.name.startswith(MPICH_SEGMENTS) and p.is_file()
-                  and p.stat().st_uid == os.getuid() and str(p) not in mapped)
+    return sorted(p for p in folder.iterdir() if p.name.startswith(MPICH_SEGMENTS) and owned_file(p)
+                  and str(p) not in mapped)
+
+
+def owned_file(path):
+    """A plain file of this user's; False also when it went away meanwhile (other jobs' ranks end at any time)."""
+    try:
+        info = path.lstat()
+    except OSError:
+        return False
+    return stat.S_ISREG(info.st_mode) and info.st_uid == os.getuid()
 
 
 def remove_stale_mpich_segments(shm_dir="/dev/shm"):
