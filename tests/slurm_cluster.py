@@ -90,9 +90,12 @@ def free_port():
 
 
 def slurm_conf(root, ctld_port, slurmd_port, munge_socket, ctld_host, nodes, slurmd_timeout=30):
-    """Minimal configuration: no cgroups (linuxproc, task/none), no accounting, CPUs and memory as consumable
-    resources, so that a job asking for more than the nodes have is refused, never squeezed in. `nodes` are
-    NodeName lines; `%n` (the node's name) keeps each slurmd's spool, pid and log files apart."""
+    """Minimal configuration: no cgroups (task/none), no accounting, CPUs and memory as consumable resources, so
+    that a job asking for more than the nodes have is refused, never squeezed in. Processes are tracked by process
+    group, which a job's processes keep when their parent dies: linuxproc follows parent links, and the snakemake of
+    a requeued job's batch script, left to init when its shell died of the SIGTERM, escaped the SIGKILL that follows
+    and outlived the job. `nodes` are NodeName lines; `%n` (the node's name) keeps each slurmd's spool, pid and log
+    files apart."""
     names = ",".join(line.split()[0].split("=", 1)[1] for line in nodes)
     node_lines = "\n".join(nodes)
     return f"""\
@@ -112,7 +115,7 @@ SlurmctldPidFile={root}/run/slurmctld.pid
 SlurmdPidFile={root}/run/slurmd-%n.pid
 SlurmctldLogFile={root}/log/slurmctld.log
 SlurmdLogFile={root}/log/slurmd-%n.log
-ProctrackType=proctrack/linuxproc
+ProctrackType=proctrack/pgid
 TaskPlugin=task/none
 JobAcctGatherType=jobacct_gather/none
 AccountingStorageType=accounting_storage/none
@@ -280,6 +283,41 @@ def stop_process(proc):
             return
         except subprocess.TimeoutExpired:
             continue
+
+
+def describe(pid):
+    """A leftover process as a failure message needs it: its parent, state, age, the SLURM job, step and restart
+    whose environment it carries, and its whole command line ('' if it is gone)."""
+    proc = Path(f"/proc/{pid}")
+    try:
+        status = dict(line.split(":\t", 1) for line in (proc / "status").read_text().splitlines() if ":\t" in line)
+        env = dict(item.split(b"=", 1) for item in (proc / "environ").read_bytes().split(b"\0") if b"=" in item)
+        args = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+        started = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[19]) / os.sysconf("SC_CLK_TCK")
+        age = float(Path("/proc/uptime").read_text().split()[0]) - started
+    except OSError:
+        return ""
+    job = {key: env.get(key.encode(), b"-").decode() for key in
+           ("SLURM_JOB_ID", "SLURM_STEP_ID", "SLURM_RESTART_COUNT")}
+    return f"pid {pid} ppid {status['PPid'].strip()} {status['State'].strip()}, ~{age:.0f} s old, {job}: {args}"
+
+
+def descendants(pid):
+    """The processes below `pid`: the children a leftover waits on need not carry SLURM_CONF themselves (the
+    jobstep executor drops SLURM_* from its children's environment)."""
+    parents = {}
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit():
+                parents[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except OSError:
+            continue
+    found, frontier = [], [pid]
+    while frontier:
+        children = [child for child, parent in parents.items() if parent in frontier]
+        found += children
+        frontier = children
+    return found
 
 
 def kill_all(pids):

@@ -195,6 +195,20 @@ def test_a_rank_failing_at_start_up_ends_the_srun_step(cluster, tmp_path):
     assert time.monotonic() - start < 60, info
 
 
+def test_a_jobs_process_left_to_init_ends_with_the_job(cluster, tmp_path):
+    """A preempted job's snakemake was left to init when the batch script's shell died of SLURM's SIGTERM, and did
+    not exit. Here a process ignores SIGTERM in the same place, and SLURM's SIGKILL still reaches it (cancelling
+    ends a job as requeueing does): no process of a job outlives it."""
+    pidfile = tmp_path / "left.pid"
+    script = f"sh -c 'trap \"\" TERM; echo $$ > {pidfile}; exec sleep 300' & wait"
+    job = cluster.run_client("sbatch", "--parsable", "-n", "1", "--mem", "100", "-o", "/dev/null", "--wrap", script)
+    assert job.returncode == 0, job.stderr
+    cluster.wait_for(lambda: pidfile.is_file() and pidfile.read_text().strip(), "the job's process", 60)
+    pid = int(pidfile.read_text())
+    assert alive(pid) and cluster.run_client("scancel", job.stdout.strip()).returncode == 0
+    wait_for(lambda: not alive(pid), 60, f"process {pid} of the cancelled job to end")
+
+
 # The user's own config and default resources, neither of which may take srun away from the MPI jobs: the paper's
 # rows at N = 1 and 2 and the methods beyond it at N = 2, on the resume tests' subset (conftest.RESUME: 5 short
 # epochs), so that its 2-rank ensemble job is the very job conftest.uncut_ensemble ran without a cut.
@@ -374,9 +388,10 @@ def test_no_slurm_process_outlives_the_run(slurm_run, cluster):
     assert not cluster.run_client("squeue", "-h").stdout.strip()
     daemons = {proc.pid for proc in cluster.procs.values()}
     others = [pid for pid in cluster.leftover_pids() if pid not in daemons]
-    names = [subprocess.run(["ps", "-o", "args=", "-p", str(p)], capture_output=True, text=True).stdout.strip()
-             for p in others]
-    assert not [n for n in names if n and "slurmscriptd" not in n], names
+    described = [slurm_cluster.describe(pid) for pid in others]
+    leftover = [pid for pid, text in zip(others, described) if text and "slurmscriptd" not in text]
+    assert not leftover, "\n".join(slurm_cluster.describe(p) for pid in leftover
+                                    for p in [pid, *slurm_cluster.descendants(pid)])
 
 
 def test_slurm_profile_requeues_preempted_and_resubmits_failed_jobs():
