@@ -254,9 +254,12 @@ def test_the_run_audits_itself_clean(smoke_run):
 def test_a_second_config_in_the_same_folder_audits_clean(smoke_run, tmp_path):
     """A user runs one config, then another in the same folder (the default run, then config/communication.yaml):
     the second run's tables cover its own results only, and so does its audit; the results the first run left
-    (N = 1, the all-threads baseline) are not counted against it."""
+    (N = 1, the all-threads baseline) are not counted against it. The folder was copied first, which reruns
+    nothing: no job's input or params name the folder."""
     work = tmp_path / "second"
     shutil.copytree(smoke_run, work, symlinks=True, ignore=shutil.ignore_patterns("report.html"))
+    moved = snakemake(work, "--dry-run", "--config", *SMOKE)
+    assert "Nothing to be done" in moved.stdout + moved.stderr, moved.stdout[-3000:]
     snakemake(work, "--config", *SMOKE, "ranks=[2]", "baseline_threads=[1]")
     summary = summary_of(work)
     assert set(summary["ranks"]) == {1, 2} and set(summary[summary["ranks"] == 1]["method"]) == {"sequential"}

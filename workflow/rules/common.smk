@@ -130,12 +130,19 @@ def git_blob(rel):
 GIT_FILES = {}
 
 
+def in_workdir(path):
+    """`path` relative to the working directory where it lies inside it: the inputs and params of the jobs that
+    read it stay the same when the project folder is moved or copied, so nothing reruns for that."""
+    rel = os.path.relpath(path)
+    return path if rel == os.pardir or rel.startswith(os.pardir + os.sep) else rel
+
+
 def own_file(rel):
     """A file of this workflow's repository, `rel` to workflow/rules: the file itself in a local copy; from git,
     its path under resources/bundled/ (rule unpack_bundled). None where there is no such file."""
     if not IN_GIT:
         path = os.path.normpath(os.path.join(RULES_DIR.get_path_or_uri(secret_free=True), rel))
-        return path if os.path.isfile(path) else None
+        return in_workdir(path) if os.path.isfile(path) else None
     found = git_blob(rel)
     if found is None:
         return None
