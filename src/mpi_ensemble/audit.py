@@ -606,6 +606,8 @@ def group_values(members):
         if metric not in ("ranks", "seed", "resumed_from_epoch", "cores_used"):
             out[f"{metric}_mean"] = sum(values) / len(values) if values else math.nan
             out[f"{metric}_sd"] = statistics.stdev(values) if len(values) > 1 else math.nan
+        if methods.reached_column(metric):
+            out[methods.reached_column(metric)] = len(values)
     return out
 
 

@@ -103,6 +103,13 @@ def target_columns(targets):
     return [f"{prefix}{target:g}" for target in targets for prefix in TARGET_PREFIXES]
 
 
+def reached_column(column):
+    """For `seconds_to_t`, the summary_stats.csv column counting the seeds behind its mean: those timed whose
+    delivered model reached t (a seed that never did has no time to average). None for any other column."""
+    prefix = TARGET_PREFIXES[0]
+    return f"n_reached_{column[len(prefix):]}" if column.startswith(prefix) else None
+
+
 def partial_when_resumed(column):
     """Is this summary.csv column one that a resumed job measured only in part?"""
     return column in PARTIAL_WHEN_RESUMED or column.startswith(TARGET_PREFIXES)

@@ -237,13 +237,16 @@ def rank_times(results):
 
 def group_stats(summary):
     """One row per (method, ranks, period, threads): n_seeds (behind the accuracy statistics), n_timed (behind the
-    timing ones: the seeds whose jobs were not resumed), n_resumed, and {metric}_mean / {metric}_sd (sample sd,
-    ddof=1); the timings of resumed jobs are left out."""
+    timing ones: the seeds whose jobs were not resumed), n_resumed, n_reached_t (behind the times to target t),
+    and {metric}_mean / {metric}_sd (sample sd, ddof=1); the timings of resumed jobs are left out."""
     frame = clean_timings(summary.assign(threads=summary["threads"].astype(str)))
     grouped = frame.groupby(GROUP, sort=False, dropna=False)
     stats = grouped["seed"].nunique().rename("n_seeds").to_frame()
     stats["n_timed"] = grouped["resumed_from_epoch"].agg(lambda epochs: int((epochs == 0).sum()))
     stats["n_resumed"] = grouped["resumed_from_epoch"].agg(lambda epochs: int((epochs > 0).sum()))
+    for column in frame.columns:
+        if methods.reached_column(column):
+            stats[methods.reached_column(column)] = grouped[column].count()
     for metric in (*STAT_METRICS, *(c for c in frame.columns if c.startswith(methods.TARGET_PREFIXES))):
         values = grouped[metric].agg(["mean", "std"])  # pandas' std is the sample sd (ddof=1), NaN for one value
         stats[f"{metric}_mean"], stats[f"{metric}_sd"] = values["mean"], values["std"]
