@@ -92,10 +92,8 @@ def snakemake(workdir, *args, check=True, timeout=900, env=None):
 def failed_job_logs(workdir, output):
     """The end of each log a failed job names: Snakemake's own output says only where the error is."""
     named = re.findall(r"log: (.+?) \(check log file", output)
-    logs = dict.fromkeys(log for line in named for log in line.split(", "))
-    tails = [f"\n--- {log} ---\n{(Path(workdir) / log).read_text(errors='replace')[-3000:]}"
-             for log in logs if (Path(workdir) / log).is_file()]
-    return "".join(tails)
+    logs = dict.fromkeys(Path(workdir) / log for line in named for log in line.split(", "))
+    return "".join(f"\n--- {log} ---\n{log.read_text(errors='replace')[-3000:]}" for log in logs if log.is_file())
 
 
 def resume_point(folder):

@@ -388,10 +388,9 @@ def test_no_slurm_process_outlives_the_run(slurm_run, cluster):
     assert not cluster.run_client("squeue", "-h").stdout.strip()
     daemons = {proc.pid for proc in cluster.procs.values()}
     others = [pid for pid in cluster.leftover_pids() if pid not in daemons]
-    described = [slurm_cluster.describe(pid) for pid in others]
-    leftover = [pid for pid, text in zip(others, described) if text and "slurmscriptd" not in text]
-    assert not leftover, "\n".join(slurm_cluster.describe(p) for pid in leftover
-                                    for p in [pid, *slurm_cluster.descendants(pid)])
+    leftover = {pid: text for pid in others if (text := slurm_cluster.describe(pid)) and "slurmscriptd" not in text}
+    assert not leftover, "\n".join(line for pid, text in leftover.items()
+                                    for line in [text, *map(slurm_cluster.describe, slurm_cluster.descendants(pid))])
 
 
 def test_slurm_profile_requeues_preempted_and_resubmits_failed_jobs():

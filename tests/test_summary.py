@@ -133,7 +133,6 @@ def test_group_stats_mean_and_sample_sd():
     assert np.isnan(out.loc[4, "accuracy_sd"]) and np.isnan(out.loc[2, "job_seconds_mean"])  # one seed; no data
 
 
-
 def test_a_time_to_a_target_is_averaged_over_the_seeds_that_reached_it_and_says_how_many():
     """Seed 1 never reached 0.98 and seed 3 was resumed (its times cover part of the run): the mean time is seeds 0
     and 2's, and n_reached_0.98 says 2 of the 4 seeds; the audit counts the same way."""
@@ -148,6 +147,7 @@ def test_a_time_to_a_target_is_averaged_over_the_seeds_that_reached_it_and_says_
     members = [{"seed": seed, "resumed_from_epoch": resumed, "cores_used": 2, "oversubscribed": False,
                 "seconds_to_0.98": value} for seed, resumed, value in ((0, 0, 20.0), (1, 0, None), (2, 0, 30.0))]
     assert audit.group_values(members)["n_reached_0.98"] == 2
+
 
 def test_resumed_timings_are_empty_and_left_out_of_the_statistics(tmp_path):
     """A resumed job's accuracy counts (its model is the uninterrupted one's); its times and traffic, covering only
